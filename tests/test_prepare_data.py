@@ -1,0 +1,347 @@
+"""Tests for prepare_data.py: cleansing rules, input formats, the Tiny Shakespeare numbers, tokenizers, splits,
+the PyTorch windows, and one clear message for each bad input."""
+
+import functools
+import hashlib
+import http.server
+import json
+import subprocess
+import sys
+import threading
+from collections import Counter
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import prepare_data as pd
+from conftest import ROOT
+
+
+def config_for(tmp_path, **overrides):
+    """A fast configuration for small inline corpora: no picture, no minimum length."""
+    base = pd.Config(dataset="custom", out_dir=str(tmp_path / "out"), eda=False, min_chars=1, tokenizer="char")
+    return replace(base, **overrides)
+
+
+def write(path, text, encoding="utf-8"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode(encoding) if isinstance(text, str) else text)
+    return path
+
+
+def read_tokens(out_dir, name, meta):
+    return np.fromfile(out_dir / f"{name}.bin", dtype=meta["dtype"])
+
+
+POEMS = [f"Poem number {i}\nwith a second line, and a word {i * 7}." for i in range(20)]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Cleansing: one rule at a time, then the document-level drops.
+
+
+@pytest.mark.parametrize(
+    "raw, cleaned, rule",
+    [
+        ("cafe\u0301 au lait", "caf\u00e9 au lait", "nfc_changed_documents"),  # e + combining acute -> one code point
+        ("one\r\ntwo\rthree", "one\ntwo\nthree", "crlf_to_lf"),
+        ("bell\x07 and\x00 nul\ufeff", "bell and nul", "control_chars_removed"),
+        ("<b>bold</b> [chorus] *star* #tag @you ~wave_", "bbold/b chorus star tag you wave", "special_chars_removed"),
+        ("line one   \nline two\t", "line one\nline two", "trailing_spaces_trimmed"),
+        ("   indented\n\tline", "indented\nline", "leading_spaces_trimmed"),
+        ("too    many   spaces", "too many spaces", "repeated_spaces_collapsed"),
+        ("verse one\n\n\n\n\n\nverse two", "verse one\n\n\nverse two", "blank_line_runs_collapsed"),
+        ("\n\nbody\n\n", "body", "edge_blank_lines_trimmed"),
+    ],
+)
+def test_each_cleansing_rule_fires_and_is_counted(raw, cleaned, rule):
+    report = Counter()
+    assert pd.clean_text(raw, pd.Config(), report) == cleaned
+    assert report[rule] >= 1
+    assert sum(report.values()) == report[rule], f"only {rule} should fire: {dict(report)}"
+
+
+def test_cleansing_keeps_line_breaks_punctuation_and_optionally_indentation():
+    poem = "Because I could not stop for Death \u2013\nHe kindly stopped for me \u2013\n\n  The Carriage held but just"
+    kept = pd.clean_text(poem, pd.Config(keep_indentation=True), Counter())
+    assert kept == poem  # nothing to change: dashes, "!", the stanza break and the indentation stay
+    assert pd.clean_text(poem, pd.Config(), Counter()).endswith("\nThe Carriage held but just")
+
+
+def test_documents_dropped_for_empty_short_and_duplicates():
+    documents = [{"text": t} for t in ["Hello  World, again", "hello world, AGAIN", "Hello  World, again", "", None,
+                                       "tiny", "A different poem here"]]
+    kept, report = pd.cleanse(documents, pd.Config(min_chars=10, clean=True))
+    assert [d["text"] for d in kept] == ["Hello World, again", "A different poem here"]
+    assert report["exact_duplicates_dropped"] == 1  # the third one, identical after cleansing
+    assert report["normalised_duplicates_dropped"] == 1  # case and whitespace folded
+    assert report["empty_documents_dropped"] == 2  # "" and a null
+    assert report["short_documents_dropped"] == 1
+    assert report["documents_in"] == 7 and report["documents_kept"] == 2
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Input formats, each with its metadata.
+
+
+def test_reads_a_folder_of_txt_files_one_document_per_artist(tmp_path):
+    write(tmp_path / "lyrics" / "artist-b.txt", "Second artist sings\nin two lines")
+    write(tmp_path / "lyrics" / "artist-a.txt", "First artist sings\r\nwith CRLF")
+    config = config_for(tmp_path, dataset="lyrics", input=str(tmp_path / "lyrics"), split="contiguous")
+    meta = pd.prepare(config)
+    records = [json.loads(line) for line in (tmp_path / "out" / "cleansed.jsonl").read_text().splitlines()]
+    assert [(r["author"], r["source"]) for r in records] == [("artist-a", "artist-a.txt"), ("artist-b", "artist-b.txt")]
+    assert records[0]["text"] == "First artist sings\nwith CRLF"
+    assert meta["cleansing"]["crlf_to_lf"] == 1
+
+
+def test_reads_json_list_of_objects_with_the_text_field_found_automatically(tmp_path):
+    items = [{"poem": text, "author": f"Poet {i % 3}", "title": f"T{i}", "tags": ["sea", "night"]}
+             for i, text in enumerate(POEMS)]
+    path = write(tmp_path / "poems.json", json.dumps(items))
+    documents, _ = pd.read_documents(path, config_for(tmp_path))
+    assert documents[3] == {"text": POEMS[3], "author": "Poet 0", "title": "T3", "tags": ["sea", "night"],
+                            "source": "poems.json"}
+
+
+def test_reads_json_by_author_then_title_and_drops_the_null_poem(tmp_path):
+    data = {"Poet A": {"First": POEMS[0], "Lost": None}, "Poet B": {"Second": POEMS[1]}}
+    meta = pd.prepare(config_for(tmp_path, input=str(write(tmp_path / "by_author.json", json.dumps(data)))))
+    records = [json.loads(line) for line in (tmp_path / "out" / "cleansed.jsonl").read_text().splitlines()]
+    assert [(r["author"], r["title"]) for r in records] == [("Poet A", "First"), ("Poet B", "Second")]
+    assert meta["cleansing"]["empty_documents_dropped"] == 1
+
+
+def test_reads_json_lines_and_csv_with_a_text_column(tmp_path):
+    jsonl = "\n".join(json.dumps({"lyrics": text, "artist": "X"}) for text in POEMS[:3]) + "\n\n"
+    documents, _ = pd.read_documents(write(tmp_path / "songs.jsonl", jsonl), config_for(tmp_path))
+    assert [d["text"] for d in documents] == POEMS[:3] and documents[0]["author"] == "X"
+    # The Kaggle Poetry Foundation CSV: an unnamed index column, then Title, Poem, Poet, Tags; poems span lines.
+    rows = ",Title,Poem,Poet,Tags\n"
+    rows += "".join(f'{i},"T{i}","{text}",Poet {i},"love,sea"\n' for i, text in enumerate(POEMS[:4]))
+    documents, _ = pd.read_documents(write(tmp_path / "poems.csv", rows), config_for(tmp_path))
+    assert [d["text"] for d in documents] == POEMS[:4]
+    assert documents[2]["author"] == "Poet 2" and documents[2]["title"] == "T2" and documents[2]["tags"] == "love,sea"
+
+
+def test_text_field_can_be_named_or_found_as_the_longest_strings(tmp_path):
+    items = [{"id": str(i), "verse_text": text, "mood": "calm"} for i, text in enumerate(POEMS[:3])]
+    path = write(tmp_path / "odd.json", json.dumps(items))
+    assert [d["text"] for d in pd.read_documents(path, config_for(tmp_path))[0]] == POEMS[:3]  # longest strings
+    named = pd.read_documents(path, config_for(tmp_path, text_field="mood"))[0]
+    assert [d["text"] for d in named] == ["calm"] * 3
+
+
+def test_non_utf8_input_warns_with_the_file_and_count_or_decodes_with_encoding(tmp_path, capsys):
+    path = write(tmp_path / "old.txt", "Caf\u00e9 cr\u00e8me br\u00fbl\u00e9e", encoding="latin-1")
+    documents, _ = pd.read_documents(path, config_for(tmp_path))
+    warning = capsys.readouterr().err
+    assert "old.txt" in warning and "4 bytes were replaced" in warning and "--encoding" in warning
+    assert documents[0]["text"].count("\ufffd") == 4
+    documents, _ = pd.read_documents(path, config_for(tmp_path, encoding="latin-1"))
+    assert documents[0]["text"] == "Caf\u00e9 cr\u00e8me br\u00fbl\u00e9e" and capsys.readouterr().err == ""
+
+
+def test_input_sha256_of_a_file_and_of_a_folder(tmp_path):
+    path = write(tmp_path / "one" / "a.txt", "some text here")
+    assert pd.read_documents(path, config_for(tmp_path))[1] == hashlib.sha256(b"some text here").hexdigest()
+    folder_hash = pd.read_documents(tmp_path / "one", config_for(tmp_path))[1]
+    write(tmp_path / "one" / "b.txt", "another")
+    assert pd.read_documents(tmp_path / "one", config_for(tmp_path))[1] != folder_hash
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Tiny Shakespeare from the local mirror: the numbers everyone quotes, and an exact round trip.
+
+
+def test_shakespeare_char_matches_the_well_known_numbers_and_round_trips(data_dir, tmp_path):
+    meta = pd.prepare(pd.Config(dataset="shakespeare_char", out_dir=str(tmp_path), eda=False))
+    raw = (data_dir / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+    assert (meta["vocab_size"], meta["train_tokens"], meta["val_tokens"]) == (65, 1_003_854, 111_540)
+    assert meta["format"] == "nanoverse-tokens-v1" and meta["dtype"] == "uint16" and meta["eot_id"] is None
+    assert meta["split"] == "contiguous" and meta["sha256"] == pd.DATASETS["shakespeare_char"]["sha256"]
+    assert json.loads((tmp_path / "meta.json").read_text()) == meta
+    ids = np.concatenate([read_tokens(tmp_path, "train", meta), read_tokens(tmp_path, "val", meta)])
+    decoded = "".join(meta["itos"][i] for i in ids)
+    assert decoded == (tmp_path / "cleansed.txt").read_text(encoding="utf-8") == raw  # used as published
+
+
+def test_gpt2_ids_equal_tiktoken_and_shakespeare_matches_nanogpt(data_dir, gpt2_encoding, tmp_path):
+    local = pd.gpt2_encoding(str(data_dir))  # built from the mirror's encoder.json and vocab.bpe
+    tricky = "Hello world's   end!\n\n\tTabs, 123456 numbers, caf\u00e9 \u00fcber \U0001F600 \u4f60\u597d  \n  "
+    text = (data_dir / "tinyshakespeare" / "input.txt").read_text()[:20_000] + tricky
+    assert local.encode_ordinary(text) == gpt2_encoding.encode_ordinary(text)
+    assert local.n_vocab == gpt2_encoding.n_vocab == 50257 and local.eot_token == gpt2_encoding.eot_token == 50256
+
+    meta = pd.prepare(pd.Config(dataset="shakespeare", out_dir=str(tmp_path), eda=False))
+    raw = (data_dir / "tinyshakespeare" / "input.txt").read_text()
+    cut = int(len(raw) * 0.9)
+    assert read_tokens(tmp_path, "train", meta).tolist() == gpt2_encoding.encode_ordinary(raw[:cut])
+    assert read_tokens(tmp_path, "val", meta).tolist() == gpt2_encoding.encode_ordinary(raw[cut:])
+    assert (meta["train_tokens"], meta["val_tokens"]) == (301_966, 36_059)  # nanoGPT's data/shakespeare numbers
+    assert meta["tokenizer"] == "gpt2" and meta["vocab_size"] == 50257 and meta["eot_id"] == 50256
+
+
+def test_gpt2_puts_endoftext_between_documents(tmp_path, gpt2_encoding):
+    path = write(tmp_path / "poems.json", json.dumps([{"poem": text} for text in POEMS]))
+    meta = pd.prepare(config_for(tmp_path, input=str(path), tokenizer="gpt2", val_fraction=0.25))
+    train = read_tokens(tmp_path / "out", "train", meta).tolist()
+    val = read_tokens(tmp_path / "out", "val", meta).tolist()
+    assert meta["documents"] == {"train": 15, "val": 5}
+    assert train.count(50256) == 14 and val.count(50256) == 4  # between documents, not after the last
+    decoded = gpt2_encoding.decode(train).split("<|endoftext|>") + gpt2_encoding.decode(val).split("<|endoftext|>")
+    assert sorted(decoded) == sorted(POEMS)  # each document whole, on exactly one side of the split
+
+
+def test_poems_mirror_keeps_authors_and_drops_the_null_poem(data_dir, tmp_path):
+    meta = pd.prepare(pd.Config(dataset="poems", out_dir=str(tmp_path), eda=False, tokenizer="char"))
+    assert meta["cleansing"]["documents_in"] == 2055 and meta["cleansing"]["empty_documents_dropped"] == 1
+    assert meta["split"] == "doc" and sum(meta["documents"].values()) == meta["cleansing"]["documents_kept"]
+    first = json.loads((tmp_path / "cleansed.jsonl").open().readline())
+    assert first["author"] == "Michelle Menting" and first["title"] == "Objects Used to Prop Open a Window"
+    assert first["text"].startswith("Dog bone, stapler,\ncribbage board, garlic press\nbecause this window")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Splits, the char round trip, and dtypes.
+
+
+def test_doc_split_is_deterministic_and_depends_on_the_seed(tmp_path):
+    path = write(tmp_path / "poems.json", json.dumps([{"poem": text} for text in POEMS]))
+    runs = []
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        meta = pd.prepare(config_for(tmp_path, input=str(path), out_dir=str(tmp_path / name), seed=seed))
+        runs.append((tmp_path / name / "train.bin").read_bytes() + b"|" + (tmp_path / name / "val.bin").read_bytes())
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+    val_documents = "".join(meta["itos"][i] for i in read_tokens(tmp_path / "c", "val", meta)).split("\n\n")
+    assert len(val_documents) == 2 and all(document in POEMS for document in val_documents)  # whole documents
+
+
+def test_char_contiguous_round_trip_on_cleaned_text(tmp_path):
+    path = write(tmp_path / "play.txt", "ACT I.  \r\n\r\nEnter  ghost.\n\n\n\n\nExit, pursued by a bear.\n")
+    meta = pd.prepare(config_for(tmp_path, input=str(path)))
+    ids = np.concatenate([read_tokens(tmp_path / "out", "train", meta), read_tokens(tmp_path / "out", "val", meta)])
+    cleaned = (tmp_path / "out" / "cleansed.txt").read_text()
+    assert "".join(meta["itos"][i] for i in ids) == cleaned == "ACT I.\n\nEnter ghost.\n\n\nExit, pursued by a bear."
+    assert meta["itos"] == sorted(set(cleaned)) and meta["split"] == "contiguous"
+
+
+def test_vocabulary_too_large_for_uint16_is_named_and_auto_picks_uint32(tmp_path):
+    characters = [chr(c) for c in range(0x4E00, 0x4E00 + 66_000 + 2048) if not 0xD800 <= c < 0xE000]
+    path = write(tmp_path / "many.txt", "".join(characters))
+    with pytest.raises(SystemExit, match="does not fit in uint16; use --dtype uint32"):
+        pd.prepare(config_for(tmp_path, input=str(path), clean=False, dtype="uint16"))
+    meta = pd.prepare(config_for(tmp_path, input=str(path), clean=False))
+    assert meta["dtype"] == "uint32" and meta["vocab_size"] > 65536
+    ids = np.concatenate([read_tokens(tmp_path / "out", "train", meta), read_tokens(tmp_path / "out", "val", meta)])
+    assert "".join(meta["itos"][i] for i in ids) == "".join(characters)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The PyTorch side.
+
+
+def test_token_windows_target_is_input_shifted_by_one(tmp_path):
+    np.arange(100, dtype=np.uint16).tofile(tmp_path / "train.bin")
+    windows = pd.TokenWindows(tmp_path / "train.bin", "uint16", block_size=8)
+    assert len(windows) == 92
+    inputs, targets = windows[91]
+    assert inputs.tolist() == list(range(91, 99)) and targets.tolist() == list(range(92, 100))
+
+
+def test_main_writes_every_file_and_shows_batches(tmp_path, capsys):
+    path = write(tmp_path / "poems.json", json.dumps([{"poem": t, "author": f"P{i % 4}"} for i, t in enumerate(POEMS)]))
+    meta = pd.main(["custom", "--input", str(path), "--out_dir", str(tmp_path / "out"), "--tokenizer", "char",
+                    "--show_batches", "--block_size", "8", "--batch_size", "2", "-f", "kernel.json"])
+    out = capsys.readouterr()
+    assert "ignoring unknown arguments -f kernel.json" in out.err  # a pasted notebook cell still runs
+    names = {"cleansed.txt", "cleansed.jsonl", "eda.json", "eda.png", "train.bin", "val.bin", "meta.json"}
+    assert names == {p.name for p in (tmp_path / "out").iterdir()}
+    eda = json.loads((tmp_path / "out" / "eda.json").read_text())
+    assert eda["documents"] == 20 and eda["authors"] == 4 and len(eda["samples"]) == 3
+    assert eda["documents_per_author"][0][1] == 5 and eda["words_per_document"]["p50"] == 9
+    assert "train (RandomSampler): inputs (2, 8) torch.int64" in out.out
+    assert (tmp_path / "out" / "eda.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert meta["train_tokens"] == (tmp_path / "out" / "train.bin").stat().st_size // 2
+
+
+def test_bpe_tokenizer_trains_on_the_training_split(tmp_path):
+    if not (ROOT / "bpe.py").exists():
+        pytest.skip("bpe.py is not written yet")
+    import bpe
+
+    path = write(tmp_path / "poems.json", json.dumps([{"poem": t} for t in POEMS]))
+    meta = pd.prepare(config_for(tmp_path, input=str(path), tokenizer="bpe", vocab_size=300))
+    out = tmp_path / "out"
+    assert meta["bpe_model"] == "bpe.model" and (out / "bpe.model").exists()
+    tokenizer = bpe.Tokenizer.load(str(out / "bpe.model"))
+    assert tokenizer.vocab_size == meta["vocab_size"] and meta["eot_id"] == tokenizer.special_tokens["<|endoftext|>"]
+    val = read_tokens(out, "val", meta).tolist()
+    documents = tokenizer.decode(val).split("<|endoftext|>")
+    assert len(documents) == meta["documents"]["val"] and all(d in POEMS for d in documents)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Bad input: one sentence that names the problem and the fix.
+
+
+@pytest.mark.parametrize(
+    "file_name, content, overrides, message",
+    [
+        (None, None, {"input": "no/such/file.txt"}, "does not exist"),
+        ("bad.json", '[{"poem": "a"},\n {"poem": "b",}]', {}, r"not valid JSON \(line 2, column"),
+        ("bad.jsonl", '{"poem": "a"}\n{"poem": \n', {}, "line 2 of .*bad.jsonl is not valid JSON"),
+        ("bad.csv", 'Title,Poem\nA,"fine"\nB,"stray"quote\n', {}, r"not readable as CSV \(line 3"),
+        ("numbers.json", '[{"id": 1, "score": 2}]', {}, "no text field found .* --text_field"),
+        ("named.json", '[{"poem": "some poem text"}]', {"text_field": "lyrics"}, "no text field found"),
+        ("empty.json", '[{"poem": ""}, {"poem": "   "}]', {}, "nothing is left after cleansing"),
+        ("one.txt", "just one document", {"split": "doc"}, "needs at least 2 documents"),
+        ("one.txt", "just one document", {"encoding": "klingon"}, "unknown --encoding"),
+        ("one.txt", "just one document", {"tokenizer": "words"}, "--tokenizer must be char, gpt2 or bpe"),
+        (None, None, {"input": ""}, "custom dataset needs --input"),
+    ],
+)
+def test_bad_input_gets_one_clear_sentence(tmp_path, file_name, content, overrides, message):
+    config = config_for(tmp_path, **overrides)
+    if file_name:
+        config.input = str(write(tmp_path / file_name, content))
+    with pytest.raises(SystemExit, match=message):
+        pd.prepare(config)
+
+
+def test_no_network_and_no_local_copy_says_how_to_supply_the_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("NANOVERSE_DATA", raising=False)
+    config = pd.Config(dataset="shakespeare_char", cache_dir=str(tmp_path / "cache"), out_dir=str(tmp_path / "out"))
+    with pytest.raises(SystemExit, match="could not download .*input.txt.*pass it with --input PATH"):
+        pd.prepare(config)  # the test harness refuses network connections
+    assert not any((tmp_path / "cache").glob("*"))  # no half-downloaded file left behind
+    for name in ("lyrics", "poems"):
+        with pytest.raises(SystemExit, match=f"{name} dataset has no local copy .*kaggle.com.*--input"):
+            pd.prepare(pd.Config(dataset=name, out_dir=str(tmp_path / "out")))
+
+
+def test_download_checks_sha256_caches_and_never_leaves_a_partial_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("no_proxy", "127.0.0.1")  # urllib would send even a local request through a configured proxy
+    served = write(tmp_path / "site" / "input.txt", "To be, or not to be\n" * 100)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served.parent))
+    handler.log_message = lambda *args: None
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:  # a web server on this machine
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/input.txt"
+        expected = hashlib.sha256(served.read_bytes()).hexdigest()
+        with pytest.raises(SystemExit, match="not the expected one"):
+            pd.download(url, "0" * 64, tmp_path / "cache")
+        assert list((tmp_path / "cache").iterdir()) == []
+        path = pd.download(url, expected, tmp_path / "cache")
+        assert path.read_bytes() == served.read_bytes()
+        server.shutdown()
+    assert pd.download(url, expected, tmp_path / "cache") == path  # from the cache: the server is gone
+
+
+def test_command_line_error_is_one_line_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "prepare_data.py", "custom", "--input", str(tmp_path / "missing.txt")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"error: --input {tmp_path / 'missing.txt'} does not exist; "
+                                                  f"pass an existing file or folder"]
