@@ -1,0 +1,1341 @@
+"""Fine-tune the real GPT-2 on your poems or lyrics, with its checkpoints read and written by hand.
+
+Transfer learning in one file: start from OpenAI's pretrained GPT-2 (Radford et al. 2019, "Language Models are
+Unsupervised Multitask Learners"), keep training it on a small corpus of verse, and generate new verses from a prompt.
+There is no `transformers` here: the Hugging Face checkpoint format is read and written in the open (safetensors: an
+8-byte header length, a JSON header, raw little-endian tensors; https://github.com/huggingface/safetensors), the weight
+names are mapped key by key onto the same GPT block that gpt.py uses, and the result is saved back as a folder that
+`transformers` and the Hugging Face Hub accept unchanged.
+
+Run:
+    python finetune_gpt2.py --init_from distilgpt2 --input my_poems.txt --max_steps 60  # CPU: ~5 min on 2 cores
+    python finetune_gpt2.py --init_from gpt2-medium --data_dir data/lyrics --epochs 3 --save_hf out-lyrics/hf  # GPU
+    python finetune_gpt2.py --mode generate --init_from out-lyrics/hf --prompt "Walking down the road of life"
+    Colab: upload finetune_gpt2.py and a .txt of poems, then  !python finetune_gpt2.py --input poems.txt --epochs 1
+"""
+
+import argparse
+import dataclasses
+import hashlib
+import inspect
+import json
+import math
+import os
+import re
+import struct
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import Counter
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tiktoken
+import tiktoken.load
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+from tqdm import tqdm
+
+
+@dataclass
+class Config:
+    # --- what to start from and what to read
+    mode: str = "finetune"  # finetune (evaluate, train, evaluate, save), generate (samples only) or evaluate
+    init_from: str = "gpt2"  # gpt2, gpt2-medium/-large/-xl, distilgpt2, a Hugging Face folder, a gpt.py ckpt.pt, resume
+    input: str = ""  # a .txt file or a folder of .txt files to fine-tune on (raw text, tokenized here)
+    data_dir: str = "data/lyrics"  # or token files from `python prepare_data.py lyrics --tokenizer gpt2`
+    cache_dir: str = "data/huggingface"  # downloaded GPT-2 checkpoints are kept here
+    out_dir: str = "out-finetune"  # checkpoint (ckpt.pt), log.jsonl, loss.png
+    save_hf: str = ""  # also write a Hugging Face folder here (config.json, model.safetensors, tokenizer, model card)
+    # --- data
+    block_size: int = 128  # tokens per training window (at most the model's context, 1024 for GPT-2)
+    val_fraction: float = 0.1  # share of the documents held out for validation when reading --input
+    # --- training
+    epochs: int = 1  # passes over the training windows
+    max_steps: int = -1  # stop after this many optimizer steps; -1 runs all epochs
+    batch_size: int = 4  # windows per micro-batch
+    grad_accum_steps: int = 1  # micro-batches summed into one optimizer step
+    learning_rate: float = 5e-5  # peak learning rate; fine-tuning wants a small one so GPT-2 keeps what it knows
+    warmup_steps: int = 10  # steps of linear warmup from 0 to learning_rate, then linear decay to 0
+    weight_decay: float = 0.01  # AdamW decoupled weight decay on matrices
+    grad_clip: float = 1.0  # clip the global gradient norm to this; 0 disables
+    dropout: float = 0.1  # dropout while fine-tuning (GPT-2 was trained with 0.1)
+    freeze_layers: int = 0  # freeze the embeddings and the lowest N blocks; train only the top of the network
+    eval_batches: int = 20  # validation batches per evaluation; 0 uses the whole validation split
+    log_interval: int = 10  # print and log the training loss every this many steps
+    sample_every: int = 0  # print a generated sample every this many steps; 0 only before and after
+    seed: int = 1337  # seed for the data order, dropout and sampling
+    device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, mps
+    dtype: str = "auto"  # float32, bfloat16 or float16 autocast; auto: bfloat16 on CUDA when supported, else float32
+    compile: bool = None  # torch.compile the model; by default on for CUDA, off on CPU
+    # --- generation
+    prompt: str = "Walking down the road of life"  # prompt text, or FILE:path to read it from a file
+    max_new_tokens: int = 60  # tokens to generate per sample
+    num_return_sequences: int = 2  # samples per prompt
+    temperature: float = 0.8  # <1 sharper, >1 more random; 0 is greedy decoding
+    top_k: int = 0  # keep only the k most likely tokens; 0 keeps all
+    top_p: float = 0.95  # nucleus sampling: the smallest set of tokens whose probability reaches top_p
+    repetition_penalty: float = 1.0  # >1 makes tokens already in the text less likely (CTRL, Keskar et al. 2019)
+    no_repeat_ngram_size: int = 0  # forbid repeating any n-gram of this many tokens; 0 allows everything
+    # --- evaluation
+    bleu_samples: int = 20  # held-out passages scored with BLEU and distinct-n; 0 skips BLEU
+    bleu_prompt_lines: int = 2  # the first lines of a passage are the prompt ...
+    bleu_reference_lines: int = 2  # ... and the next lines are the reference continuation
+
+
+@dataclass
+class GPTConfig:
+    # The shape of the network; it comes from the checkpoint (config.json), never from the command line.
+    vocab_size: int = 50257  # GPT-2's byte-level BPE vocabulary: 50,000 merges + 256 bytes + <|endoftext|>
+    block_size: int = 1024  # the longest context (rows of the position table); n_positions in config.json
+    n_layer: int = 12  # transformer blocks
+    n_head: int = 12  # attention heads per block
+    n_embd: int = 768  # width of the residual stream
+    dropout: float = 0.0  # dropout probability
+    bias: bool = True  # biases in Linear and LayerNorm, as in GPT-2
+    attention: str = "sdpa"  # sdpa (fused kernel) or manual (the math written out)
+    activation: str = "gelu"  # gelu (tanh approximation, as GPT-2) or relu
+    layer_norm_epsilon: float = 1e-5  # LayerNorm's epsilon
+
+
+# The five checkpoints OpenAI and Hugging Face published, under their current Hub names.
+HUB_MODELS = {
+    "gpt2": "openai-community/gpt2",  # 124M parameters
+    "gpt2-medium": "openai-community/gpt2-medium",  # 355M
+    "gpt2-large": "openai-community/gpt2-large",  # 774M
+    "gpt2-xl": "openai-community/gpt2-xl",  # 1.5B
+    "distilgpt2": "distilbert/distilgpt2",  # 82M, 6 layers distilled from gpt2 (Sanh et al. 2019)
+}
+CHECKPOINT_FORMAT = "nanoverse-finetune-gpt2-v1"
+EOT = "<|endoftext|>"
+
+
+class CheckpointError(ValueError):
+    """A weights file or folder that cannot be used; the message is one sentence that says what to do."""
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The model, smallest piece first. Parameter names follow GPT-2's own checkpoint (wte, wpe, h.N.ln_1, attn.c_attn,
+# attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj, ln_f), so loading real GPT-2 weights is a key-by-key copy.
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention where position t may only look at positions <= t (Vaswani et al. 2017, sec. 3.2)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.attention = config.attention  # "sdpa": PyTorch's fused kernel; "manual": the same math written out
+        # One matrix makes the queries, keys and values of all heads at once: (C) -> (3C).
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        # Mixes the heads' outputs back into the residual stream.
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, past_kv=None):
+        B, T, C = x.size()  # batch, time (sequence length), channels (n_embd)
+        head_size = C // self.n_head
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, head_size).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, head_size).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, head_size).transpose(1, 2)  # (B, nh, T, hs)
+        if past_kv is not None:  # KV cache: the keys and values of earlier positions were computed already
+            k = torch.cat([past_kv[0], k], dim=2)  # (B, nh, T_past + T, hs)
+            v = torch.cat([past_kv[1], v], dim=2)
+        present_kv = (k, v)
+        T_total = k.size(2)
+        # The causal mask: query i (absolute position T_total - T + i) sees keys 0 .. T_total - T + i.
+        # Without a cache (T == T_total) this is the usual lower triangle; one new token with a cache sees everything.
+        if self.attention == "manual":
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(head_size)  # (B, nh, T, T_total), scaled by 1/sqrt(d_k)
+            mask = torch.ones(T, T_total, dtype=torch.bool, device=x.device).tril(diagonal=T_total - T)
+            att = att.masked_fill(~mask, float("-inf"))  # the future gets probability exactly 0 after softmax
+            att = F.softmax(att, dim=-1)
+            att = self.attn_dropout(att)
+            y = att @ v  # (B, nh, T, T_total) x (B, nh, T_total, hs) -> (B, nh, T, hs)
+        else:
+            dropout_p = self.dropout if self.training else 0.0
+            if T == T_total or T == 1:  # the two cases that need no explicit mask tensor
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=T > 1)
+            else:
+                mask = torch.ones(T, T_total, dtype=torch.bool, device=x.device).tril(diagonal=T_total - T)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # put the heads side by side again: (B, T, C)
+        y = self.resid_dropout(self.c_proj(y))
+        return y, present_kv
+
+
+class MLP(nn.Module):
+    """The position-wise feed-forward network: widen 4x, non-linearity, project back."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        # GPT-2 uses GELU with the tanh approximation (Hendrycks & Gimpel 2016); exact GELU drifts from its weights.
+        self.act = nn.GELU(approximate="tanh") if config.activation == "gelu" else nn.ReLU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """One transformer block, pre-LayerNorm as in GPT-2: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, past_kv=None):
+        # The residual stream: each sub-layer adds to x instead of replacing it, so gradients flow straight through.
+        attn_out, present_kv = self.attn(self.ln_1(x), past_kv)
+        x = x + attn_out
+        x = x + self.mlp(self.ln_2(x))
+        return x, present_kv
+
+
+class GPT(nn.Module):
+    """GPT-2: token and position embeddings, n_layer blocks, a final LayerNorm, and the tied output layer."""
+
+    def __init__(self, config):
+        super().__init__()
+        if config.n_embd % config.n_head != 0:
+            raise CheckpointError(f"n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})")
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),  # token id -> vector
+            wpe=nn.Embedding(config.block_size, config.n_embd),  # position -> vector (GPT-2 learns its positions)
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying (Press & Wolf 2017): the output layer is the token embedding matrix itself. GPT-2's checkpoints
+        # store it once (as wte), which is why the loader below never looks for an lm_head weight.
+        self.transformer.wte.weight = self.lm_head.weight
+        # GPT-2's initialisation, used only when the weights are not loaded (the benchmark's random 124M model).
+        for name, param in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # layers writing into the residual stream, scaled by depth (sec. 2.3)
+                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+            elif name.endswith("weight") and param.dim() == 2:
+                nn.init.normal_(param, mean=0.0, std=0.02)
+            elif name.endswith("bias"):
+                nn.init.zeros_(param)
+
+    def forward(self, idx, targets=None, past_kv=None):
+        """idx (B, T) token ids -> logits (B, T, vocab), the mean cross-entropy against targets, and the KV cache."""
+        B, T = idx.size()
+        past_length = 0 if past_kv is None else past_kv[0][0].size(2)  # tokens already in the cache
+        if past_length + T > self.config.block_size:
+            raise ValueError(f"sequence of {past_length + T} tokens is longer than block_size {self.config.block_size}")
+        positions = torch.arange(past_length, past_length + T, device=idx.device)  # absolute positions, (T,)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))  # (B, T, C)
+        present_kv = []
+        for i, block in enumerate(self.transformer.h):
+            x, layer_kv = block(x, None if past_kv is None else past_kv[i])
+            present_kv.append(layer_kv)
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)  # (B, T, vocab)
+        loss = None
+        if targets is not None:  # position t predicts token t + 1; targets are idx shifted left by one
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        return logits, loss, present_kv
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# safetensors, read and written by hand. A file is: 8 bytes (little-endian unsigned length N), N bytes of JSON
+# {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {..}}, then the raw tensor
+# bytes; offsets count from the end of the header. Nothing is executed on load (unlike pickle), so the only dangers
+# are lies in the header, and every one of them is checked before a single tensor byte is read.
+
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library refuses longer headers too: a header is names and shapes
+
+
+def read_safetensors(path):
+    """Return {name: tensor} from a .safetensors file, or raise CheckpointError naming what is wrong."""
+    path = Path(path)
+    file_size = path.stat().st_size
+    bad = f"{path} is not a valid safetensors file"
+    if file_size < 8:
+        raise CheckpointError(f"{bad}: it is {file_size} bytes long, shorter than the 8-byte header length")
+    with open(path, "rb") as f:
+        (header_length,) = struct.unpack("<Q", f.read(8))
+        if header_length > min(MAX_HEADER_BYTES, file_size - 8):
+            raise CheckpointError(f"{bad}: its header claims {header_length:,} bytes but the file holds "
+                                  f"{file_size - 8:,} after the length (truncated or corrupt); download it again")
+        try:
+            header = json.loads(f.read(header_length).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise CheckpointError(f"{bad}: its header is not JSON ({error}); download it again") from None
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{bad}: its header is not a JSON object")
+        header.pop("__metadata__", None)
+        data_start, data_size = 8 + header_length, file_size - 8 - header_length
+        spans = []
+        for name, info in header.items():
+            if not (isinstance(info, dict) and isinstance(info.get("shape"), list)
+                    and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2
+                    and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                            for v in info["shape"] + info["data_offsets"])):
+                raise CheckpointError(f"{bad}: tensor {name!r} needs a dtype, a shape of non-negative integers and "
+                                      f"two data_offsets")
+            if info.get("dtype") not in SAFETENSORS_DTYPES:
+                raise CheckpointError(f"{bad}: tensor {name!r} has dtype {info.get('dtype')!r}; only "
+                                      f"{', '.join(SAFETENSORS_DTYPES)} are read here")
+            begin, end = info["data_offsets"]
+            if not begin <= end <= data_size:
+                raise CheckpointError(f"{bad}: tensor {name!r} has data_offsets [{begin}, {end}] outside the "
+                                      f"{data_size:,} data bytes (truncated or crafted file)")
+            item_size = torch.empty(0, dtype=SAFETENSORS_DTYPES[info["dtype"]]).element_size()
+            if math.prod(info["shape"]) * item_size != end - begin:
+                raise CheckpointError(f"{bad}: tensor {name!r} of shape {info['shape']} needs "
+                                      f"{math.prod(info['shape']) * item_size:,} bytes but has {end - begin:,}")
+            spans.append((begin, end, name))
+        # The format requires the tensors to tile the data exactly: no overlaps (one byte read as two tensors) and no
+        # holes (bytes nobody accounts for).
+        position = 0
+        for begin, end, name in sorted(spans):
+            if begin != position:
+                problem = "overlaps the tensor before it" if begin < position else "leaves a gap before it"
+                raise CheckpointError(f"{bad}: tensor {name!r} {problem} (data_offsets start at {begin}, "
+                                      f"expected {position})")
+            position = end
+        if position != data_size:
+            raise CheckpointError(f"{bad}: the tensors cover {position:,} of its {data_size:,} data bytes")
+        if sys.byteorder != "little":
+            raise CheckpointError("safetensors stores little-endian numbers; this reader runs on little-endian CPUs")
+        tensors = {}
+        for begin, end, name in spans:
+            info = header[name]
+            f.seek(data_start + begin)
+            raw = bytearray(f.read(end - begin))
+            dtype = SAFETENSORS_DTYPES[info["dtype"]]
+            tensor = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+            tensors[name] = tensor.reshape(info["shape"])
+    return tensors
+
+
+def write_safetensors(tensors, path, metadata=None):
+    """Write {name: tensor} as a .safetensors file (atomically: a temporary file, then a rename)."""
+    names = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
+    header, offset, payload = {"__metadata__": metadata or {"format": "pt"}}, 0, []
+    for name, tensor in tensors.items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        if tensor.dtype not in names:
+            raise ValueError(f"cannot save {name} of dtype {tensor.dtype} as safetensors here")
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": names[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + size]}
+        payload.append(tensor)
+        offset += size
+    header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    header_bytes += b" " * (-len(header_bytes) % 8)  # pad with spaces so the tensor data starts 8-byte aligned
+    temporary = Path(f"{path}.tmp")
+    with open(temporary, "wb") as f:
+        f.write(struct.pack("<Q", len(header_bytes)))
+        f.write(header_bytes)
+        for tensor in payload:
+            f.write(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    os.replace(temporary, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Hugging Face GPT-2 <-> this file. Same names up to a "transformer." prefix, with three differences:
+# 1. GPT-2 was written in TensorFlow with "Conv1D" layers that store a weight as (in, out); nn.Linear stores (out, in),
+#    so the four matrices of each block are transposed on the way in and on the way out.
+# 2. Old checkpoints also store the causal mask as buffers (attn.bias, attn.masked_bias); we build the mask ourselves.
+# 3. lm_head.weight is the same matrix as wte.weight (tied), stored once.
+
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+CAUSAL_MASK_BUFFERS = (".attn.bias", ".attn.masked_bias")
+
+
+def load_weights(model, state, source, conv1d):
+    """Copy a GPT-2 state dict into model (transposing Conv1D weights when conv1d is True); name every mismatch."""
+    ours = {name: tensor for name, tensor in model.state_dict().items() if name != "lm_head.weight"}
+    mapped = {}
+    for key, tensor in state.items():
+        name = key.removeprefix("transformer.")
+        if name.endswith(CAUSAL_MASK_BUFFERS) or name == "lm_head.weight":
+            continue
+        if conv1d and name.endswith(CONV1D_WEIGHTS) and tensor.dim() == 2:
+            tensor = tensor.t()  # Conv1D (in, out) -> nn.Linear (out, in)
+        mapped["transformer." + name] = tensor
+    missing, unexpected = sorted(ours.keys() - mapped.keys()), sorted(mapped.keys() - ours.keys())
+    if missing or unexpected:
+        raise CheckpointError(f"{source} does not match a {model.config.n_layer}-layer GPT-2: missing "
+                              f"{missing[:6] or 'nothing'}, unexpected {unexpected[:6] or 'nothing'}")
+    for name, tensor in mapped.items():
+        if tensor.shape != ours[name].shape:
+            raise CheckpointError(f"{source}: {name} has shape {tuple(tensor.shape)}, the config implies "
+                                  f"{tuple(ours[name].shape)}; config.json and the weights disagree")
+    with torch.no_grad():
+        for name, tensor in mapped.items():
+            ours[name].copy_(tensor.float())
+
+
+def export_weights(model):
+    """The model's weights under Hugging Face GPT-2's names and layouts (the inverse of load_weights)."""
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue  # tied to transformer.wte.weight, stored once
+        state[name] = tensor.t() if name.endswith(CONV1D_WEIGHTS) else tensor
+    return state
+
+
+def config_from_hf(hf, source):
+    """GPTConfig from a Hugging Face GPT-2 config.json dict; refuse what the block cannot compute."""
+    if hf.get("model_type", "gpt2") != "gpt2":
+        raise CheckpointError(f"{source} is a {hf.get('model_type')!r} model; this script reads GPT-2 only")
+    activations = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_fast": "gelu", "relu": "relu"}
+    if hf.get("activation_function", "gelu_new") not in activations:
+        raise CheckpointError(f"{source} uses activation {hf['activation_function']!r}; the block here computes "
+                              f"GPT-2's tanh GELU (gelu_new) or relu")
+    if hf.get("n_inner") not in (None, 4 * hf["n_embd"]) or hf.get("scale_attn_by_inverse_layer_idx") or \
+            hf.get("reorder_and_upcast_attn") or not hf.get("scale_attn_weights", True) or \
+            hf.get("add_cross_attention") or not hf.get("tie_word_embeddings", True):
+        raise CheckpointError(f"{source} changes GPT-2's architecture (n_inner, attention scaling, cross-attention or "
+                              f"untied embeddings), which this script does not implement")
+    return GPTConfig(vocab_size=hf["vocab_size"], block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
+                     n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
+                     activation=activations[hf.get("activation_function", "gelu_new")],
+                     layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5))
+
+
+def config_to_hf(config):
+    """The config.json that transformers' GPT2LMHeadModel.from_pretrained expects."""
+    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+            "vocab_size": config.vocab_size, "n_positions": config.block_size, "n_ctx": config.block_size,
+            "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd, "n_inner": None,
+            "activation_function": "gelu_new" if config.activation == "gelu" else "relu",
+            "layer_norm_epsilon": config.layer_norm_epsilon, "resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1,
+            "initializer_range": 0.02, "bos_token_id": 50256, "eos_token_id": 50256, "tie_word_embeddings": True,
+            "scale_attn_weights": True, "use_cache": True, "torch_dtype": "float32",
+            "task_specific_params": {"text-generation": {"do_sample": True, "max_length": 50}}}
+
+
+def load_hf_folder(folder):
+    """A local Hugging Face GPT-2 folder: config.json plus model.safetensors (or pytorch_model.bin)."""
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{folder} has no config.json: pass a Hugging Face GPT-2 folder, a gpt.py ckpt.pt, or "
+                              f"one of {', '.join(HUB_MODELS)}")
+    try:
+        hf = json.loads(config_path.read_text(encoding="utf-8"))
+        config = config_from_hf(hf, config_path)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{config_path} is not a GPT-2 config.json ({type(error).__name__}: {error})") from None
+    if (folder / "model.safetensors").is_file():
+        state, source = read_safetensors(folder / "model.safetensors"), folder / "model.safetensors"
+    elif (folder / "pytorch_model.bin").is_file():
+        source = folder / "pytorch_model.bin"
+        try:  # weights_only: a pickle that tries to build anything but tensors is refused, not executed
+            state = torch.load(source, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise CheckpointError(f"{source} could not be read safely ({type(error).__name__}); prefer "
+                                  f"model.safetensors, or download the file again") from None
+    else:
+        raise CheckpointError(f"{folder} has neither model.safetensors nor pytorch_model.bin "
+                              f"(sharded checkpoints are not read here)")
+    model = GPT(config)
+    load_weights(model, state, source, conv1d=True)
+    return model
+
+
+def load_gpt_py_checkpoint(path):
+    """A ckpt.pt written by gpt.py: its GPT uses nn.Linear already, so the weights copy without transposes."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"{path} could not be read as a checkpoint ({type(error).__name__}: {error})") from None
+    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict)
+            and isinstance(checkpoint.get("config"), dict)):
+        raise CheckpointError(f"{path} is not a gpt.py checkpoint (a dict with 'model' and 'config')")
+    saved = checkpoint["config"]
+    if saved.get("pos", "learned") != "learned":
+        raise CheckpointError(f"{path} uses {saved['pos']} positions; GPT-2 learns a position table, so train gpt.py "
+                              f"with --pos learned")
+    tokenizer = (checkpoint.get("meta") or {}).get("tokenizer", "gpt2")  # gpt.py keeps the data's meta.json
+    if tokenizer != "gpt2" or saved.get("vocab_size", 0) < 50257:
+        raise CheckpointError(f"{path} was trained with the {tokenizer} tokenizer ({saved.get('vocab_size')} ids), "
+                              f"not GPT-2's: prepare "
+                              f"the data with `python prepare_data.py <dataset> --tokenizer gpt2` before gpt.py")
+    fields = {field.name for field in dataclasses.fields(GPTConfig)}
+    config = GPTConfig(**{key: value for key, value in saved.items() if key in fields})
+    model = GPT(config)
+    state = {key.removeprefix("_orig_mod."): value for key, value in checkpoint["model"].items()}
+    load_weights(model, state, path, conv1d=False)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Downloading from the Hugging Face Hub with nothing but urllib. https://huggingface.co/<repo>/resolve/main/<file>
+# answers a large (LFS) file with a redirect whose X-Linked-Etag header is the file's sha256, which we check.
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # hand the redirect back to download(): its headers carry the checksum
+
+
+def _sha256_from_headers(headers):
+    for name in ("X-Linked-Etag", "ETag"):
+        value = (headers.get(name) or "").strip().removeprefix("W/").strip('"')
+        if re.fullmatch(r"[0-9a-f]{64}", value):  # small (git) files have a 40-digit sha1 ETag instead: not ours
+            return value
+    return None
+
+
+def download(url, path):
+    """Fetch url into path with a progress bar; resume a partial download; verify the published sha256."""
+    path = Path(path)
+    if path.is_file():  # only a complete, verified download ever gets its final name
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".incomplete")
+    opener = urllib.request.build_opener(_NoRedirect)
+    expected_sha256, first_hop = None, True
+    try:
+        for _ in range(10):  # follow at most 10 redirects by hand
+            done = partial.stat().st_size if partial.is_file() else 0
+            headers = {"User-Agent": "nanoverse-finetune-gpt2"} | ({"Range": f"bytes={done}-"} if done else {})
+            try:
+                response = opener.open(urllib.request.Request(url, headers=headers), timeout=60)
+            except urllib.error.HTTPError as error:
+                if error.code in (301, 302, 303, 307, 308) and error.headers.get("Location"):
+                    if first_hop:
+                        expected_sha256 = _sha256_from_headers(error.headers)
+                    first_hop = False
+                    url = urllib.parse.urljoin(url, error.headers["Location"])
+                    continue
+                if error.code == 416 and done:  # asked to resume past the end: the partial file is bad, start over
+                    partial.unlink()
+                    continue
+                raise
+            break
+        else:
+            raise CheckpointError(f"too many redirects while downloading {path.name}")
+        with response:
+            if first_hop:
+                expected_sha256 = _sha256_from_headers(response.headers)
+            resumed = response.status == 206  # 200 means the server ignored Range: start from zero
+            done = done if resumed else 0
+            total = int(response.headers.get("Content-Length") or 0) + done
+            with open(partial, "ab" if resumed else "wb") as f, \
+                    tqdm(total=total or None, initial=done, unit="B", unit_scale=True, desc=path.name) as bar:
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+    except (urllib.error.URLError, OSError, RuntimeError) as error:
+        raise CheckpointError(f"could not download {url} ({getattr(error, 'reason', error)}): check the network, or "
+                              f"pass a local Hugging Face folder with --init_from path/to/folder") from None
+    if expected_sha256:
+        digest = hashlib.sha256()
+        with open(partial, "rb") as f:
+            while block := f.read(1 << 24):
+                digest.update(block)
+        if digest.hexdigest() != expected_sha256:
+            partial.unlink()
+            raise CheckpointError(f"{path.name} is corrupt (sha256 {digest.hexdigest()[:12]}... instead of "
+                                  f"{expected_sha256[:12]}...): run again to download it afresh")
+    os.replace(partial, path)
+    return path
+
+
+def download_hub_model(name, cache_dir):
+    """config.json and model.safetensors of a GPT-2 on the Hub, cached under cache_dir/name."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    folder = Path(cache_dir) / name
+    for filename in ("config.json", "model.safetensors"):
+        download(f"{endpoint}/{HUB_MODELS[name]}/resolve/main/{filename}", folder / filename)
+    return folder
+
+
+def load_model(config):
+    """Build the model named by --init_from: a Hub name, a Hugging Face folder, or a gpt.py checkpoint."""
+    source = config.init_from
+    if source in HUB_MODELS:
+        folder = Path(config.cache_dir) / source
+        return load_hf_folder(folder if (folder / "model.safetensors").is_file()
+                              else download_hub_model(source, config.cache_dir))
+    if Path(source).is_dir():
+        return load_hf_folder(source)
+    if Path(source).is_file():
+        if source.endswith((".safetensors", ".json")):
+            return load_hf_folder(Path(source).parent)
+        return load_gpt_py_checkpoint(source)
+    raise CheckpointError(f"--init_from {source!r} is neither {', '.join(HUB_MODELS)} nor an existing folder or "
+                          f"checkpoint file")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The tokenizer: GPT-2's byte-level BPE through tiktoken, plus the two files Hugging Face keeps it in.
+
+# GPT-2's pre-tokenisation pattern (contractions, letters, digits, punctuation, spaces), as tiktoken's "gpt2" uses it.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+
+
+def load_tokenizer():
+    """tiktoken's GPT-2 encoding: built offline from $NANOVERSE_DATA/gpt2 when present, else tiktoken's download."""
+    mirror = Path(os.environ.get("NANOVERSE_DATA", "/nonexistent")) / "gpt2"
+    if (mirror / "encoder.json").is_file() and (mirror / "vocab.bpe").is_file():
+        ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(mirror / "vocab.bpe"),
+                                                              encoder_json_file=str(mirror / "encoder.json"))
+        return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                                 special_tokens={EOT: 50256})
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as error:
+        raise SystemExit(f"could not load GPT-2's tokenizer ({type(error).__name__}): connect to the internet once, "
+                         f"or set NANOVERSE_DATA to a folder holding gpt2/encoder.json and gpt2/vocab.bpe") from None
+
+
+def bytes_to_unicode():
+    """GPT-2's map from the 256 byte values to printable characters, used in vocab.json and merges.txt.
+
+    Printable Latin-1 bytes stand for themselves; the other 68 (control characters, space, ...) are moved to
+    characters 256 and up, so that every token is a visible string with no spaces inside.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    mapping, moved = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            mapping[byte] = chr(byte)
+        else:
+            mapping[byte] = chr(256 + moved)
+            moved += 1
+    return mapping
+
+
+def gpt2_vocab_and_merges(encoding):
+    """vocab.json (token string -> id) and merges.txt lines, recovered from tiktoken's ranks.
+
+    In GPT-2 a token's id is its merge rank, so merge number r created token 256 + r. Which two pieces did it join?
+    Run BPE on the token's bytes with only the merges ranked before it: two pieces remain, and those are the pair.
+    """
+    byte_to_char = bytes_to_unicode()
+    specials = {special: encoding.encode_single_token(special) for special in encoding.special_tokens_set}
+    ranks = {encoding.decode_single_token_bytes(i): i for i in range(encoding.n_vocab) if i not in specials.values()}
+    vocab = {"".join(byte_to_char[b] for b in token): i for token, i in ranks.items()} | specials
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        if len(token) == 1:
+            continue
+        pieces = [bytes([b]) for b in token]
+        while len(pieces) > 2:  # apply the lowest-ranked merge available, as BPE does
+            i = min(range(len(pieces) - 1), key=lambda j: ranks.get(pieces[j] + pieces[j + 1], math.inf))
+            pieces[i:i + 2] = [pieces[i] + pieces[i + 1]]
+        merges.append(" ".join("".join(byte_to_char[b] for b in piece) for piece in pieces))
+    return vocab, merges
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data: documents separated by <|endoftext|>, packed into block_size windows.
+
+
+def split_documents(text, max_lines=32):
+    """Blank lines separate documents (poems, songs, stanzas); long ones are cut into passages of max_lines lines."""
+    documents = []
+    for block in re.split(r"\n\s*\n", text.replace("\r\n", "\n")):
+        lines = [line.rstrip() for line in block.split("\n") if line.strip()]
+        documents += ["\n".join(lines[i:i + max_lines]) for i in range(0, len(lines), max_lines)]
+    return documents
+
+
+def read_documents(path):
+    """Documents from a .txt file or from every .txt file in a folder."""
+    path = Path(path)
+    files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
+    if not path.exists() or not files:
+        raise SystemExit(f"--input {path} is not a .txt file or a folder of .txt files: point it at your text")
+    documents = []
+    for file in files:
+        raw = file.read_bytes()
+        text = raw.decode("utf-8", errors="replace")
+        if "\ufffd" in text and "\ufffd".encode() not in raw:
+            print(f"warning: {file} is not valid UTF-8; {text.count(chr(0xFFFD))} bytes were replaced by \ufffd")
+        documents += split_documents(text)
+    if len(documents) < 2:
+        raise SystemExit(f"--input {path} holds {len(documents)} document(s); fine-tuning needs at least two "
+                         f"(one to train on, one to validate), separated by a blank line")
+    return documents
+
+
+def encode_documents(documents, encoding):
+    """Token ids of the documents, each followed by <|endoftext|> so the model learns where a text ends."""
+    ids = []
+    for document in documents:
+        ids += encoding.encode_ordinary(document) + [encoding.eot_token]
+    return np.array(ids, dtype=np.int64)
+
+
+def load_corpus(config, encoding):
+    """(train token ids, validation token ids, validation documents as text)."""
+    data_dir, mirror = Path(config.data_dir), os.environ.get("NANOVERSE_DATA")
+    source = config.input
+    if not source and not (data_dir / "meta.json").is_file() and mirror and (Path(mirror) / "poetry_lyrics").is_dir():
+        source = str(Path(mirror) / "poetry_lyrics")  # the local data mirror's lyrics, when nothing else is given
+    if source:
+        documents = read_documents(source)
+        order = np.random.default_rng(config.seed).permutation(len(documents))  # a seeded split by document
+        n_val = max(1, round(len(documents) * config.val_fraction))
+        val_documents = [documents[i] for i in order[:n_val]]
+        train = encode_documents([documents[i] for i in order[n_val:]], encoding)
+        val = encode_documents(val_documents, encoding)
+    elif (data_dir / "meta.json").is_file():
+        hint = "run `python prepare_data.py lyrics --tokenizer gpt2` (or your dataset) again"
+        try:
+            meta = json.loads((data_dir / "meta.json").read_text())
+            train, val = (np.memmap(data_dir / f"{split}.bin", dtype=np.dtype(meta["dtype"]), mode="r")
+                          for split in ("train", "val"))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise SystemExit(f"{data_dir} is not a complete prepare_data.py folder ({error}): {hint}") from None
+        if meta.get("tokenizer") != "gpt2" or meta.get("format") != "nanoverse-tokens-v1":
+            raise SystemExit(f"{data_dir} holds {meta.get('tokenizer')} tokens, not GPT-2's: {hint}")
+        ends = np.flatnonzero(np.asarray(val[:2_000_000]) == encoding.eot_token)  # documents end at <|endoftext|>
+        val_documents = [encoding.decode(val[start + 1:end].tolist()) for start, end in zip([-1, *ends[:199]], ends)]
+    else:
+        raise SystemExit(f"no training data in {data_dir}: run `python prepare_data.py lyrics --tokenizer gpt2` "
+                         f"first, or pass --input FILE_OR_FOLDER of .txt files")
+    for name, tokens in (("training", train), ("validation", val)):
+        if len(tokens) <= config.block_size + 1:
+            raise SystemExit(f"the {name} split has {len(tokens)} tokens, too few for --block_size "
+                             f"{config.block_size}: give more text or a smaller --block_size")
+    return train, val, val_documents
+
+
+class TokenWindows(Dataset):
+    """Consecutive, non-overlapping windows of block_size + 1 tokens: x is the window, y the same shifted by one."""
+
+    def __init__(self, tokens, block_size):
+        self.tokens, self.block_size = tokens, block_size
+
+    def __len__(self):
+        return (len(self.tokens) - 1) // self.block_size
+
+    def __getitem__(self, i):
+        start = i * self.block_size
+        window = torch.from_numpy(np.asarray(self.tokens[start:start + self.block_size + 1], dtype=np.int64))
+        return window[:-1], window[1:]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Generation: logits processors, then greedy or sampled choice, with a KV cache.
+
+
+def apply_repetition_penalty(logits, context, penalty):
+    """CTRL's rule (Keskar et al. 2019, sec. 4.1): a token already in the context has its score divided by penalty
+    when positive and multiplied by it when negative, so it always becomes less likely."""
+    seen = torch.gather(logits, 1, context)
+    return logits.scatter(1, context, torch.where(seen < 0, seen * penalty, seen / penalty))
+
+
+def ban_repeated_ngrams(logits, context, n):
+    """Forbid every token that would complete an n-gram already in the context (Paulus et al. 2017)."""
+    logits = logits.clone()
+    for row, tokens in enumerate(context.tolist()):
+        prefix = tokens[len(tokens) - n + 1:] if n > 1 else []
+        banned = [tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tokens[i:i + n - 1] == prefix]
+        logits[row, banned] = float("-inf")
+    return logits
+
+
+def keep_top_k(logits, k):
+    """Only the k highest scores stay candidates (Fan et al. 2018); the rest get probability 0."""
+    kth_best = torch.topk(logits, min(k, logits.size(-1))).values[:, [-1]]
+    return logits.masked_fill(logits < kth_best, float("-inf"))
+
+
+def keep_top_p(logits, p):
+    """Nucleus sampling (Holtzman et al. 2019): keep the smallest set of tokens whose probability reaches p."""
+    sorted_logits, sorted_ids = torch.sort(logits, descending=True)
+    sorted_probs = F.softmax(sorted_logits, dim=-1)
+    outside = sorted_probs.cumsum(dim=-1) - sorted_probs >= p  # the tokens before this one already reach p
+    return logits.scatter(1, sorted_ids, sorted_logits.masked_fill(outside, float("-inf")))
+
+
+def choose_next_token(logits, context, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0,
+                      no_repeat_ngram_size=0, generator=None):
+    """The last position's logits (B, vocab) -> the next token id per row (B, 1)."""
+    if repetition_penalty != 1.0:
+        logits = apply_repetition_penalty(logits, context, repetition_penalty)
+    if no_repeat_ngram_size > 0:
+        logits = ban_repeated_ngrams(logits, context, no_repeat_ngram_size)
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)  # greedy decoding
+    logits = logits / temperature
+    if top_k > 0:
+        logits = keep_top_k(logits, top_k)
+    if top_p < 1.0:
+        logits = keep_top_p(logits, top_p)
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
+
+
+@torch.no_grad()
+def generate(model, idx, max_new_tokens, eot_id=None, use_cache=True, generator=None, **decoding):
+    """Append up to max_new_tokens tokens to idx (B, T); rows that produced eot_id are padded with it.
+
+    With the KV cache each step feeds only the newest token through the network. When the context reaches
+    block_size, the window slides forward by half a window and the cache is rebuilt: learned positions are absolute.
+    """
+    model.eval()
+    block_size = model.config.block_size
+    window_start = max(0, idx.size(1) - block_size)
+    finished = torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)
+    past_kv = None
+    for _ in range(max_new_tokens):
+        if idx.size(1) - window_start > block_size:
+            window_start, past_kv = idx.size(1) - block_size // 2, None
+        if past_kv is None:
+            logits, _, past_kv = model(idx[:, window_start:])
+        else:
+            logits, _, past_kv = model(idx[:, -1:], past_kv=past_kv)
+        if not use_cache:
+            past_kv = None
+        next_token = choose_next_token(logits[:, -1, :].float(), idx, generator=generator, **decoding)
+        if eot_id is not None:
+            next_token = next_token.masked_fill(finished, eot_id)
+            finished |= next_token == eot_id
+        idx = torch.cat([idx, next_token], dim=1)
+        if finished.all():
+            break
+    return idx
+
+
+def decoding_options(config):
+    return dict(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
+                repetition_penalty=config.repetition_penalty, no_repeat_ngram_size=config.no_repeat_ngram_size)
+
+
+def sample_texts(model, encoding, prompt, config, device, seed):
+    """num_return_sequences continuations of prompt, cut at <|endoftext|>."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    prompt_ids = encoding.encode(prompt, allowed_special={EOT}) or [encoding.eot_token]
+    idx = torch.tensor([prompt_ids] * config.num_return_sequences, device=device)
+    out = generate(model, idx, config.max_new_tokens, eot_id=encoding.eot_token, generator=generator,
+                   **decoding_options(config))
+    texts = []
+    for row in out[:, len(prompt_ids):].tolist():
+        if encoding.eot_token in row:
+            row = row[:row.index(encoding.eot_token)]
+        texts.append(prompt + encoding.decode(row))
+    return texts
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Evaluation: perplexity, BLEU and distinct-n.
+
+
+@torch.no_grad()
+def evaluate_loss(model, tokens, config, device, autocast):
+    """Mean cross-entropy over the validation windows (the first eval_batches batches, in order)."""
+    windows = TokenWindows(tokens, config.block_size)
+    loader = DataLoader(windows, batch_size=config.batch_size, sampler=SequentialSampler(windows))
+    was_training = model.training
+    model.eval()
+    total_loss, total_tokens = 0.0, 0
+    for i, (x, y) in enumerate(loader):
+        if config.eval_batches and i >= config.eval_batches:
+            break
+        with autocast:
+            _, loss, _ = model(x.to(device), y.to(device))
+        total_loss, total_tokens = total_loss + loss.item() * y.numel(), total_tokens + y.numel()
+    model.train(was_training)
+    return total_loss / total_tokens
+
+
+def tokenize_13a(line):
+    """sacrebleu's default tokenisation, the one of WMT's mteval-v13a.pl: split off punctuation and symbols, and
+    periods and commas unless they sit between digits."""
+    line = line.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
+    line = line.replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
+    line = re.sub(r"([\{-\~\[-\` -\&\(-\+\:-\@\/])", r" \1 ", f" {line} ")
+    line = re.sub(r"([^0-9])([\.,])", r"\1 \2 ", line)
+    line = re.sub(r"([\.,])([^0-9])", r" \1 \2", line)
+    line = re.sub(r"([0-9])(-)", r"\1 \2 ", line)
+    return line.split()
+
+
+def ngram_counts(words, n):
+    return Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+
+
+def corpus_bleu(hypotheses, references, max_order=4):
+    """Corpus BLEU in 0..100 (Papineni et al. 2002) as sacrebleu computes it by default: 13a tokens, n-gram
+    precisions clipped by the reference counts and summed over the corpus, the geometric mean of 1- to 4-gram
+    precisions, 'exp' smoothing for orders with no match, and the brevity penalty."""
+    correct, total = [0] * max_order, [0] * max_order
+    hypothesis_length = reference_length = 0
+    for hypothesis, reference in zip(hypotheses, references, strict=True):
+        hyp_words, ref_words = tokenize_13a(hypothesis.rstrip()), tokenize_13a(reference.rstrip())
+        hypothesis_length, reference_length = hypothesis_length + len(hyp_words), reference_length + len(ref_words)
+        for n in range(1, max_order + 1):
+            hyp_ngrams, ref_ngrams = ngram_counts(hyp_words, n), ngram_counts(ref_words, n)
+            correct[n - 1] += sum(min(count, ref_ngrams[gram]) for gram, count in hyp_ngrams.items())
+            total[n - 1] += max(0, len(hyp_words) - n + 1)
+    # Brevity penalty: precision alone would reward saying little, so a corpus shorter than the references pays.
+    if hypothesis_length >= reference_length:
+        brevity_penalty = 1.0
+    else:
+        brevity_penalty = math.exp(1 - reference_length / hypothesis_length) if hypothesis_length else 0.0
+    if not any(correct):
+        return 0.0
+    log_precisions, unmatched = [], 1.0
+    for n in range(max_order):
+        if total[n] == 0:  # no n-grams of this order at all: BLEU is 0 (sacrebleu's log(0) stand-in)
+            return 0.0
+        if correct[n] == 0:  # 'exp' smoothing (NIST's, Chen & Cherry 2014 method 3): 1/2, 1/4, ... of a match
+            unmatched *= 2
+            log_precisions.append(math.log(100.0 / (unmatched * total[n])))
+        else:
+            log_precisions.append(math.log(100.0 * correct[n] / total[n]))
+    return brevity_penalty * math.exp(sum(log_precisions) / max_order)
+
+
+def distinct_n(texts, n):
+    """Distinct n-grams divided by all n-grams over the texts (Li et al. 2016): 1.0 never repeats itself."""
+    grams = [gram for text in texts for gram in ngram_counts(tokenize_13a(text), n).elements()]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def bleu_passages(documents, config):
+    """(prompt, reference) pairs: the first bleu_prompt_lines lines of a held-out document, then the next lines."""
+    pairs = []
+    needed = config.bleu_prompt_lines + config.bleu_reference_lines
+    for document in documents:
+        lines = [line for line in document.split("\n") if line.strip()]
+        if len(lines) >= needed:
+            pairs.append(("\n".join(lines[:config.bleu_prompt_lines]) + "\n",
+                          "\n".join(lines[config.bleu_prompt_lines:needed])))
+        if len(pairs) == config.bleu_samples:
+            break
+    return pairs
+
+
+@torch.no_grad()
+def evaluate_generation(model, encoding, pairs, config, device):
+    """BLEU of greedy continuations against the real next lines, and distinct-1/2 of those continuations."""
+    hypotheses = []
+    options = decoding_options(config) | {"temperature": 0.0}
+    for prompt, reference in pairs:
+        prompt_ids = encoding.encode_ordinary(prompt)[-(model.config.block_size // 2):]
+        budget = len(encoding.encode_ordinary(reference)) + 8
+        out = generate(model, torch.tensor([prompt_ids], device=device), budget, eot_id=encoding.eot_token,
+                       **options)[0, len(prompt_ids):].tolist()
+        text = encoding.decode([t for t in out if t != encoding.eot_token])
+        hypotheses.append("\n".join(text.strip("\n").split("\n")[:config.bleu_reference_lines]))
+    references = [reference for _, reference in pairs]
+    return corpus_bleu(hypotheses, references), distinct_n(hypotheses, 1), distinct_n(hypotheses, 2), hypotheses
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Fine-tuning
+
+
+def learning_rate_at(step, total_steps, config):
+    """Linear warmup from 0 to learning_rate, then a straight line down to 0 at the last step."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    return config.learning_rate * max(0.0, (total_steps - step) / max(1, total_steps - config.warmup_steps))
+
+
+def make_optimizer(model, config, device):
+    """AdamW (Loshchilov & Hutter 2019) with weight decay on matrices only, never on biases and LayerNorm gains."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if p.dim() >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0}]
+    # fused: one pass over memory updates each parameter, instead of a pass per arithmetic operation (on CPU too).
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8,
+                             fused=device.type in ("cuda", "cpu"))
+
+
+def save_checkpoint(path, model, optimizer, config, step, history):
+    """Write the checkpoint to a temporary file, then rename it: a crash never leaves half a checkpoint."""
+    checkpoint = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                  "model_config": dataclasses.asdict(model.config), "config": dataclasses.asdict(config),
+                  "step": step, "history": history, "rng": torch.get_rng_state()}
+    temporary = Path(f"{path}.tmp")
+    torch.save(checkpoint, temporary)
+    os.replace(temporary, path)
+
+
+def finetune(model, train_tokens, val_tokens, config, device, autocast, scaler, resume=None, log=print,
+             on_sample=None, rank=0, world_size=1):
+    """Train model in place for config.epochs (or config.max_steps); returns (per-epoch rows, per-step losses)."""
+    raw_model = model  # the plain module: checkpoints, evaluation and samples use it, never the compiled/DDP wrapper
+    if config.freeze_layers:  # embeddings (so also the tied output layer) and the lowest blocks stay as GPT-2 left them
+        for module in [raw_model.transformer.wte, raw_model.transformer.wpe,
+                       *raw_model.transformer.h[:config.freeze_layers]]:
+            module.requires_grad_(False)
+    optimizer = make_optimizer(raw_model, config, device)
+    train_set = TokenWindows(train_tokens, config.block_size)
+    windows_per_step = config.batch_size * config.grad_accum_steps * world_size
+    steps_per_epoch = len(train_set) // windows_per_step
+    if steps_per_epoch == 0:
+        raise SystemExit(f"the training split has {len(train_set)} windows of {config.block_size} tokens, fewer than "
+                         f"one step takes ({windows_per_step}): use a smaller --batch_size or --block_size")
+    total_steps = config.max_steps if config.max_steps >= 0 else config.epochs * steps_per_epoch
+    step, history, step_losses = 0, [], []
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        step, history = resume["step"], resume["history"]
+        torch.set_rng_state(resume["rng"])
+    if config.compile:
+        model = torch.compile(model)
+    if world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                          else None)
+    trainable = [p for p in raw_model.parameters() if p.requires_grad]
+    model.train()
+    bar = tqdm(total=total_steps, initial=step, desc="fine-tuning", disable=rank != 0, leave=False)
+    try:
+        while step < total_steps:
+            epoch = step // steps_per_epoch
+            # The order of the windows depends only on the seed and the epoch, so a resumed run sees the same batches.
+            if world_size > 1:
+                sampler = torch.utils.data.DistributedSampler(train_set, world_size, rank, seed=config.seed + epoch)
+            else:
+                sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(config.seed + epoch))
+            batches = iter(DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True))
+            for _ in range((step - epoch * steps_per_epoch) * config.grad_accum_steps):
+                next(batches)  # resuming in the middle of an epoch: skip the batches already trained on
+            epoch_start, epoch_losses = time.time(), []
+            while step < min(total_steps, (epoch + 1) * steps_per_epoch):
+                lr = learning_rate_at(step, total_steps, config)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                step_start, step_loss = time.time(), 0.0
+                for micro_step in range(config.grad_accum_steps):
+                    x, y = (t.to(device) for t in next(batches))
+                    last = micro_step == config.grad_accum_steps - 1
+                    # DDP averages gradients across processes in backward; between micro-steps that is wasted work.
+                    with model.no_sync() if world_size > 1 and not last else nullcontext():
+                        with autocast:
+                            _, loss, _ = model(x, y)
+                        scaler.scale(loss / config.grad_accum_steps).backward()
+                    step_loss += loss.item() / config.grad_accum_steps
+                if config.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                bar.update(1)
+                seconds = time.time() - step_start
+                epoch_losses.append(step_loss)
+                step_losses.append((step, step_loss))
+                if rank == 0 and (step % config.log_interval == 0 or step == total_steps):
+                    record = {"step": step, "loss": round(step_loss, 4), "lr": lr, "ms_per_step": round(seconds * 1e3),
+                              "tokens_per_sec": round(windows_per_step * config.block_size / seconds)}
+                    log(record, f"step {step:5d} | loss {step_loss:.4f} | lr {lr:.2e} | {seconds * 1e3:.0f} ms/step "
+                                f"| {record['tokens_per_sec']} tok/s")
+                if rank == 0 and on_sample and config.sample_every and step % config.sample_every == 0:
+                    on_sample(step)
+                    model.train()
+            if rank == 0:
+                val_loss = evaluate_loss(raw_model, val_tokens, config, device, autocast)
+                seconds = time.time() - epoch_start
+                row = {"epoch": epoch + 1, "step": step, "train_loss": round(float(np.mean(epoch_losses)), 4),
+                       "val_loss": round(val_loss, 4), "val_ppl": round(math.exp(val_loss), 2),
+                       "seconds": round(seconds, 1),
+                       "tokens_per_sec": round(len(epoch_losses) * windows_per_step * config.block_size / seconds)}
+                history.append(row)
+                log(row, f"epoch {row['epoch']} | train loss {row['train_loss']:.4f} | val loss {val_loss:.4f} | "
+                         f"val ppl {row['val_ppl']:.2f} | {seconds:.1f} s")
+                save_checkpoint(Path(config.out_dir) / "ckpt.pt", raw_model, optimizer, config, step, history)
+    except KeyboardInterrupt:  # Ctrl-C: keep what was learned, then evaluate and save as after a normal finish
+        if rank == 0:
+            print(f"\ninterrupted at step {step}: saving {Path(config.out_dir) / 'ckpt.pt'}")
+            save_checkpoint(Path(config.out_dir) / "ckpt.pt", raw_model, optimizer, config, step, history)
+    bar.close()
+    raw_model.eval()
+    return history, step_losses
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Saving a folder that transformers and the Hugging Face Hub read as is.
+
+
+def write_text(path, text):
+    temporary = Path(f"{path}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def save_hf_folder(model, folder, encoding, card=""):
+    """config.json, model.safetensors, vocab.json + merges.txt (the tokenizer) and README.md (the model card)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_safetensors({name: t.float() for name, t in export_weights(model).items()}, folder / "model.safetensors")
+    write_text(folder / "config.json", json.dumps(config_to_hf(model.config), indent=2) + "\n")
+    vocab, merges = gpt2_vocab_and_merges(encoding)
+    write_text(folder / "vocab.json", json.dumps(vocab, ensure_ascii=False))
+    write_text(folder / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n")
+    write_text(folder / "tokenizer_config.json", json.dumps(
+        {"tokenizer_class": "GPT2Tokenizer", "model_max_length": model.config.block_size, "bos_token": EOT,
+         "eos_token": EOT, "unk_token": EOT, "add_prefix_space": False}, indent=2) + "\n")
+    write_text(folder / "README.md", card)
+
+
+def model_card(config, results, model):
+    """A short Hugging Face model card: YAML metadata, what the model is, how to use it, how it was trained."""
+    base = HUB_MODELS.get(config.init_from)
+    rows = "\n".join(f"| {name} | {before} | {after} |" for name, before, after in results)
+    return f"""---
+library_name: transformers
+pipeline_tag: text-generation
+tags: [gpt2, text-generation, poetry, lyrics, nanoverse]
+{f'base_model: {base}' if base else ''}
+---
+
+# GPT-2 fine-tuned on verse
+
+A {model.config.n_layer}-layer GPT-2 ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters) started from
+`{config.init_from}` and fine-tuned on `{config.input or config.data_dir}` with nanoverse's `finetune_gpt2.py`.
+
+## Use
+
+```python
+from transformers import pipeline
+
+generator = pipeline("text-generation", model="path/or/hub-id")
+print(generator("Walking down the road of life", max_new_tokens=60, do_sample=True, top_p=0.95)[0]["generated_text"])
+```
+
+## Training
+
+block_size {config.block_size}, batch {config.batch_size} x {config.grad_accum_steps} accumulation, AdamW at
+{config.learning_rate:g} (linear warmup {config.warmup_steps} steps, linear decay), weight decay {config.weight_decay},
+dropout {config.dropout}, {config.epochs} epoch(s), max_steps {config.max_steps}, frozen blocks {config.freeze_layers}.
+
+| metric (validation split) | base | fine-tuned |
+| --- | --- | --- |
+{rows}
+
+## Limitations
+
+A small model trained on a small corpus: it imitates the style of its training text, repeats itself, and knows
+nothing reliable. Check the license of the text you trained on before you publish the weights.
+"""
+
+
+def plot_losses(step_losses, history, path):
+    """The training loss per step and the validation loss per epoch, as a picture."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(*zip(*step_losses), label="train loss (per step)", alpha=0.7)
+    if history:
+        ax.plot([row["step"] for row in history], [row["val_loss"] for row in history], "o-", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def print_table(rows, columns):
+    widths = [max(len(str(c)), *(len(str(row[i])) for row in rows)) for i, c in enumerate(columns)]
+    print(" | ".join(str(c).ljust(w) for c, w in zip(columns, widths)))
+    print("-+-".join("-" * w for w in widths))
+    for row in rows:
+        print(" | ".join(str(v).ljust(w) for v, w in zip(row, widths)))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def check_config(config):
+    """Name a bad option in one sentence."""
+    for field, choices in (("mode", ("finetune", "generate", "evaluate")),
+                           ("dtype", ("auto", "float32", "bfloat16", "float16"))):
+        if getattr(config, field) not in choices:
+            raise SystemExit(f"--{field} must be one of {', '.join(choices)}, not {getattr(config, field)!r}")
+    for field in ("block_size", "batch_size", "grad_accum_steps", "log_interval", "num_return_sequences"):
+        if getattr(config, field) < 1:
+            raise SystemExit(f"--{field} must be at least 1, not {getattr(config, field)}")
+    if not 0.0 <= config.dropout < 1.0 or not 0.0 < config.val_fraction < 1.0:
+        raise SystemExit("--dropout must be in [0, 1) and --val_fraction in (0, 1)")
+    if config.temperature < 0 or not 0.0 < config.top_p <= 1.0 or config.repetition_penalty <= 0:
+        raise SystemExit("--temperature must be >= 0, --top_p in (0, 1] and --repetition_penalty > 0")
+
+
+def parse_config(argv=None):
+    """Config from command-line flags spelled as the fields (help = the field's comment)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-f" in argv and argv.index("-f") + 1 < len(argv) and argv[argv.index("-f") + 1].endswith(".json"):
+        del argv[argv.index("-f"):argv.index("-f") + 2]  # a notebook kernel's "-f kernel.json": not for us
+    try:
+        comments = dict(re.findall(r"^\s+(\w+): [^#\n]*#\s*(.+)$", inspect.getsource(Config), re.M))
+    except (OSError, TypeError):  # no source file (e.g. some notebooks): flags still work, without help text
+        comments = {}
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for field in dataclasses.fields(Config):
+        if field.type is bool:
+            parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction, default=field.default,
+                                help=comments.get(field.name))
+        else:
+            parser.add_argument(f"--{field.name}", type=field.type, default=field.default,
+                                help=comments.get(field.name))
+    config = Config(**vars(parser.parse_args(argv)))
+    check_config(config)
+    return config
+
+
+def pick_device_and_dtype(config):
+    if config.device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    else:
+        device = config.device
+    device = torch.device(device)
+    dtype = config.dtype
+    if dtype == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        dtype = "bfloat16" if bf16 else "float16" if device.type == "cuda" else "float32"
+    dtype = getattr(torch, dtype)
+    # Autocast runs matrix products in 16 bits and keeps the weights and the sensitive sums in float32.
+    autocast = nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # fp16 gradients underflow without it
+    return device, autocast, scaler
+
+
+def main(argv=None):
+    config = parse_config(argv)
+    try:
+        run(config)
+    except CheckpointError as error:
+        raise SystemExit(str(error)) from None
+
+
+def run(config):
+    world_size = int(os.environ.get("WORLD_SIZE", 1))  # torchrun sets WORLD_SIZE, RANK and LOCAL_RANK
+    rank = int(os.environ.get("RANK", 0))
+    if world_size > 1:
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            config.device = f"cuda:{os.environ['LOCAL_RANK']}"
+            torch.cuda.set_device(config.device)
+    device, autocast, scaler = pick_device_and_dtype(config)
+    if config.compile is None:
+        config.compile = device.type == "cuda"
+    torch.manual_seed(config.seed + rank)
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def log(record, line):
+        if rank == 0:
+            tqdm.write(line)
+            with open(out_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    encoding = load_tokenizer()
+    resume = None
+    if config.init_from == "resume":
+        path = out_dir / "ckpt.pt"
+        if not path.is_file():
+            raise SystemExit(f"--init_from resume needs {path}: train once without it first")
+        resume = torch.load(path, map_location="cpu", weights_only=True)
+        if resume.get("format") != CHECKPOINT_FORMAT:
+            raise SystemExit(f"{path} was not written by finetune_gpt2.py (format {resume.get('format')!r})")
+        model = GPT(GPTConfig(**resume["model_config"]))
+        model.load_state_dict(resume["model"])
+    else:
+        model = load_model(config)
+    if config.dropout != model.config.dropout:  # rebuild with fine-tuning dropout; the weights stay the same
+        weights = model.state_dict()
+        model = GPT(dataclasses.replace(model.config, dropout=config.dropout))
+        model.load_state_dict(weights)
+    if config.block_size > model.config.block_size:
+        raise SystemExit(f"--block_size {config.block_size} is longer than the model's context "
+                         f"({model.config.block_size}): use a smaller one")
+    model.to(device)
+    if model.config.vocab_size < encoding.n_vocab:
+        raise SystemExit(f"the model has {model.config.vocab_size} token ids but GPT-2's tokenizer needs "
+                         f"{encoding.n_vocab}: start from a GPT-2 checkpoint")
+    prompt = config.prompt
+    if prompt.startswith("FILE:"):
+        if not Path(prompt[5:]).is_file():
+            raise SystemExit(f"--prompt {prompt}: there is no file {prompt[5:]}")
+        prompt = Path(prompt[5:]).read_text(encoding="utf-8", errors="replace")
+    if rank == 0:
+        print(f"model: {config.init_from} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+              f"{model.config.n_layer} layers) on {device}")
+
+    if config.mode == "generate":
+        for text in sample_texts(model, encoding, prompt, config, device, config.seed):
+            print(f"{text}\n{'-' * 80}")
+        if config.save_hf:
+            save_hf_folder(model, config.save_hf, encoding, model_card(config, [], model))
+        return
+
+    train_tokens, val_tokens, val_documents = load_corpus(config, encoding)
+    pairs = bleu_passages(val_documents, config) if config.bleu_samples else []
+
+    def measure(label):
+        val_loss = evaluate_loss(model, val_tokens, config, device, autocast)
+        scores = {"val loss": f"{val_loss:.4f}", "val perplexity": f"{math.exp(val_loss):.2f}"}
+        if pairs:
+            bleu, distinct_1, distinct_2, _ = evaluate_generation(model, encoding, pairs, config, device)
+            scores |= {f"BLEU ({len(pairs)} passages)": f"{bleu:.2f}", "distinct-1": f"{distinct_1:.3f}",
+                       "distinct-2": f"{distinct_2:.3f}"}
+        log({"eval": label} | scores, f"{label}: " + ", ".join(f"{k} {v}" for k, v in scores.items()))
+        return scores
+
+    if rank == 0:
+        print(f"data: {len(train_tokens):,} training and {len(val_tokens):,} validation tokens")
+        before = measure("base model")
+        before_samples = sample_texts(model, encoding, prompt, config, device, config.seed)
+    if config.mode == "evaluate":
+        for text in before_samples:
+            print(f"{text}\n{'-' * 80}")
+        return
+
+    def show_sample(step):
+        print(f"--- sample at step {step}:\n{sample_texts(model, encoding, prompt, config, device, step)[0]}")
+
+    history, step_losses = finetune(model, train_tokens, val_tokens, config, device, autocast, scaler, resume, log,
+                                    show_sample, rank, world_size)
+    if rank == 0:
+        after = measure("fine-tuned")
+        after_samples = sample_texts(model, encoding, prompt, config, device, config.seed)
+        if history:
+            print("\ntraining")
+            columns = list(history[0])
+            print_table([[row[c] for c in columns] for row in history], columns)
+        print("\nbase model vs fine-tuned")
+        results = [(name, before[name], after[name]) for name in before]
+        print_table(results, ["metric", "base", "fine-tuned"])
+        for i, (old, new) in enumerate(zip(before_samples, after_samples)):
+            print(f"\n=== sample {i + 1}, base model ===\n{old}\n=== sample {i + 1}, fine-tuned ===\n{new}")
+        if step_losses:
+            plot_losses(step_losses, history, out_dir / "loss.png")
+        if config.save_hf:
+            save_hf_folder(model, config.save_hf, encoding, model_card(config, results, model))
+            print(f"\nsaved a Hugging Face folder in {config.save_hf}")
+    if world_size > 1:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
