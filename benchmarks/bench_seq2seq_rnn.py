@@ -1,0 +1,90 @@
+"""Dev-set figures for seq2seq_rnn.py on Hindi Dakshina: every cell type with and without attention, and the best model.
+
+Each named run trains seq2seq_rnn.py on the Hindi training split for a fixed budget of minutes (dev greedy accuracy
+picks the checkpoint), then beam-searches the dev split. Dakshina's test split is not used: we tune and select on dev
+only. Results go to one JSON file per run, so runs can be split over several invocations (the CPU is shared); the
+table shows every run found so far.
+
+Run:
+  NANOVERSE_DATA=../shared/data python benchmarks/bench_seq2seq_rnn.py --runs rnn,rnn+dot,gru --minutes 2.5
+  NANOVERSE_DATA=../shared/data python benchmarks/bench_seq2seq_rnn.py --runs gru+dot,lstm,lstm+dot --minutes 2.5
+  NANOVERSE_DATA=../shared/data python benchmarks/bench_seq2seq_rnn.py --table
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import seq2seq_rnn  # noqa: E402
+
+# Everything but the cell and the attention is the script's default (bidirectional 1-layer encoder, 256 units).
+RUNS = {f"{cell}{'+' + attention if attention != 'none' else ''}": ["--cell", cell, "--attention", attention]
+        for cell in ("rnn", "gru", "lstm") for attention in ("none", "dot")}
+RUNS["lstm+additive"] = ["--cell", "lstm", "--attention", "additive"]
+
+
+def run(name, extra, minutes, chunk, results_dir):
+    """Trains (or resumes) one run up to `minutes` of training in all, at most `chunk` more minutes this time."""
+    out_dir = results_dir / name
+    budget, resume = minutes, []
+    if (out_dir / "last.pt").exists():  # resuming is exact (tests/test_seq2seq_rnn.py), so chunks equal one run
+        done = torch.load(out_dir / "last.pt", map_location="cpu", weights_only=True)["progress"]["train_seconds"]
+        budget, resume = min(minutes, done / 60 + chunk) if chunk else minutes, ["--resume"]
+    elif chunk:
+        budget = min(minutes, chunk)
+    argv = RUNS[name] + extra + ["--max_minutes", str(budget), "--out_dir", str(out_dir), "--heatmaps", "0"] + resume
+    start = time.time()
+    metrics = seq2seq_rnn.main(argv)
+    checkpoint = torch.load(out_dir / "best.pt", map_location="cpu", weights_only=True)
+    last = torch.load(out_dir / "last.pt", map_location="cpu", weights_only=True)
+    result = {"run": name, "command": "python seq2seq_rnn.py " + " ".join(RUNS[name] + extra) +
+              f" --max_minutes {minutes}", "parameters": sum(t.numel() for t in checkpoint["model"].values()),
+              "train_minutes": last["progress"]["train_seconds"] / 60, "epochs": last["progress"]["epoch"],
+              "best_epoch": checkpoint["progress"]["epoch"], "dev_greedy": checkpoint["progress"]["best_dev_accuracy"],
+              "wall_minutes": (time.time() - start) / 60, **metrics}
+    (results_dir / f"{name}.json").write_text(json.dumps(result, indent=1))
+
+
+def table(results_dir):
+    rows = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
+    print("| run | parameters | training min | epochs (best) | dev greedy | dev beam-5 word acc | any-reference | "
+          "top-5 | CER |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in sorted(rows, key=lambda r: r["word_accuracy"]):
+        print(f"| {r['run']} | {r['parameters']:,} | {r['train_minutes']:.1f} | {r['epochs']} ({r['best_epoch']}) | "
+              f"{r['dev_greedy']:.2%} | {r['word_accuracy']:.2%} | {r['any_reference_accuracy']:.2%} | "
+              f"{r['top_k_accuracy']:.2%} | {r['cer']:.2%} |")
+    for r in rows:
+        print(f"{r['run']}: {r['command']}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", default="", help=f"comma-separated runs from {', '.join(RUNS)}")
+    parser.add_argument("--minutes", type=float, default=2.5, help="training budget per run (dev passes included)")
+    parser.add_argument("--chunk", type=float, default=0, help="train at most this many more minutes per call "
+                        "(0 = all at once); call again to resume, so no call holds the CPU too long")
+    parser.add_argument("--extra", default="", help="more seq2seq_rnn.py options for every run, e.g. '--epochs 30'")
+    parser.add_argument("--results_dir", default="out-bench-seq2seq", help="checkpoints and one JSON per run")
+    parser.add_argument("--table", action="store_true", help="only print the table of the runs done so far")
+    args = parser.parse_args()
+    if not os.environ.get("NANOVERSE_DATA"):
+        raise SystemExit("set NANOVERSE_DATA to the data mirror (with dakshina/hi/) so the runs read local files.")
+    results_dir = Path(args.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for name in filter(None, args.runs.split(",")):
+        if name not in RUNS:
+            raise SystemExit(f"unknown run {name}; choose from {', '.join(RUNS)}.")
+        run(name, args.extra.split(), args.minutes, args.chunk, results_dir)
+    table(results_dir)
+
+
+if __name__ == "__main__":
+    main()

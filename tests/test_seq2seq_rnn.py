@@ -1,0 +1,247 @@
+"""Tests for seq2seq_rnn.py: shapes and gradients for every cell, attention and padding, packing, beam search,
+learning a toy mapping, metrics, checkpoints and resuming, bad input, and a smoke run on Hindi Dakshina data."""
+
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import seq2seq_rnn as s2s
+from conftest import ROOT
+
+
+def tiny_config(**overrides):
+    settings = dict(embedding_size=16, hidden_size=32, dropout=0.0)
+    settings.update(overrides)
+    return s2s.Config(**settings)
+
+
+def random_batch(batch_size=5, source_vocab=12, target_vocab=10, lengths=(7, 3, 5, 1, 6), target_length=6):
+    """A padded batch with random real tokens (ids >= 4) and <pad> after each word's length."""
+    source = torch.randint(4, source_vocab, (batch_size, max(lengths)))
+    for row, length in enumerate(lengths):
+        source[row, length:] = s2s.PAD
+    target_inputs = torch.randint(4, target_vocab, (batch_size, target_length))
+    target_inputs[:, 0] = s2s.SOS
+    return source, torch.tensor(lengths), target_inputs
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("attention", ["none", "dot", "additive"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_every_cell_runs_forward_and_backward(cell, attention, bidirectional):
+    config = tiny_config(cell=cell, attention=attention, bidirectional=bidirectional, encoder_layers=2,
+                         decoder_layers=1 if bidirectional else 3, dropout=0.1)
+    model = s2s.Seq2Seq(config, 12, 10)
+    source, lengths, target_inputs = random_batch()
+    logits = model(source, lengths, target_inputs)
+    assert logits.shape == (5, 6, 10)
+    s2s.sequence_loss(logits, torch.randint(1, 10, (5, 6))).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+    assert (model(source, lengths, target_inputs, teacher_forcing=0.5).shape == logits.shape)
+
+
+@pytest.mark.parametrize("encoder_layers, decoder_layers, expected", [(3, 2, [1, 2]), (2, 3, [0, 1, 1]),
+                                                                       (2, 2, [0, 1])])
+def test_bridge_maps_encoder_layers_to_decoder_layers(encoder_layers, decoder_layers, expected):
+    config = tiny_config(cell="gru", bidirectional=False, encoder_layers=encoder_layers, decoder_layers=decoder_layers)
+    final_state = torch.randn(encoder_layers, 4, 32)
+    assert torch.equal(s2s.Bridge(config)(final_state), final_state[expected])
+
+
+def test_bridge_joins_both_directions_of_each_layer():
+    config = tiny_config(cell="lstm", bidirectional=True, encoder_layers=2, decoder_layers=2)
+    bridge = s2s.Bridge(config)
+    hidden, memory_cell = torch.randn(4, 3, 32), torch.randn(4, 3, 32)  # (layers * directions, B, H)
+    new_hidden, new_memory_cell = bridge((hidden, memory_cell))
+    assert new_hidden.shape == new_memory_cell.shape == (2, 3, 32)
+    # layer 1 of the decoder comes from layer 1 forward (index 2) and layer 1 backward (index 3)
+    expected = torch.tanh(bridge.hidden_projection(torch.cat([hidden[2], hidden[3]], dim=-1)))
+    torch.testing.assert_close(new_hidden[1], expected)
+
+
+@pytest.mark.parametrize("kind", ["dot", "additive"])
+def test_attention_weights_sum_to_one_and_ignore_padding(kind):
+    attention = s2s.Attention(kind, 32)
+    queries, memory = torch.randn(3, 4, 32), torch.randn(3, 6, 32)
+    mask = torch.arange(6)[None, :] < torch.tensor([6, 2, 4])[:, None]
+    context, weights = attention(queries, attention.keys(memory), memory, mask)
+    assert context.shape == (3, 4, 32) and weights.shape == (3, 4, 6)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 4))
+    assert (weights.masked_select(~mask[:, None, :].expand_as(weights)) == 0).all()
+    # what is stored at padded positions cannot change the context
+    changed = memory.clone()
+    changed[~mask] = 100.0
+    torch.testing.assert_close(attention(queries, attention.keys(changed), changed, mask)[0], context)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_model_output_does_not_depend_on_padding(cell):
+    model = s2s.Seq2Seq(tiny_config(cell=cell, attention="additive"), 12, 10).eval()
+    source, lengths, target_inputs = random_batch()
+    logits = model(source, lengths, target_inputs)
+    alone = model(source[1:2, :3], lengths[1:2], target_inputs[1:2])
+    torch.testing.assert_close(logits[1:2], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_loss_ignores_padding():
+    logits = torch.randn(2, 4, 7)
+    targets = torch.tensor([[4, 5, s2s.EOS, s2s.PAD], [6, s2s.EOS, s2s.PAD, s2s.PAD]])
+    changed = logits.clone()
+    changed[targets == s2s.PAD] = torch.randn(3, 7) * 10
+    loss = s2s.sequence_loss(logits, targets)
+    torch.testing.assert_close(s2s.sequence_loss(changed, targets), loss)
+    real = targets != s2s.PAD
+    expected = -logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)[real].mean()
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_packing_gives_the_outputs_of_unpadded_sequences(cell):
+    encoder = s2s.Encoder(tiny_config(cell=cell, bidirectional=True, encoder_layers=2), 12).eval()
+    source, lengths, _ = random_batch()
+    outputs, final_state = encoder(source, lengths)
+    hidden = final_state[0] if cell == "lstm" else final_state
+    for row, length in enumerate(lengths.tolist()):
+        alone, alone_state = encoder.rnn(encoder.embedding(source[row:row + 1, :length]))
+        alone_hidden = alone_state[0] if cell == "lstm" else alone_state
+        torch.testing.assert_close(outputs[row, :length], alone[0], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(hidden[:, row], alone_hidden[:, 0], atol=1e-6, rtol=1e-5)
+        assert (outputs[row, length:] == 0).all()
+
+
+def test_decoder_step_by_step_equals_whole_sequence():
+    model = s2s.Seq2Seq(tiny_config(cell="lstm", attention="dot", decoder_layers=2), 12, 10).eval()
+    source, lengths, target_inputs = random_batch()
+    memory, keys, mask, state = model.encode(source, lengths)
+    whole, _, _ = model.decoder(target_inputs, state, memory, keys, mask)
+    steps = []
+    for t in range(target_inputs.size(1)):
+        logits, state, _ = model.decoder(target_inputs[:, t:t + 1], state, memory, keys, mask)
+        steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, 1), whole, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["none", "dot"])
+def test_beam_search_with_beam_one_equals_greedy(attention):
+    model = s2s.Seq2Seq(tiny_config(cell="gru", attention=attention), 12, 10).eval()
+    source, lengths, _ = random_batch()
+    greedy, _ = s2s.greedy_decode(model, source, lengths, max_length=12)
+    beam, scores, _ = s2s.beam_search(model, source, lengths, beam_size=1, max_length=12)
+    itos = [str(i) for i in range(10)]
+    assert [s2s.decode_ids(row, itos) for row in greedy.tolist()] == [s2s.decode_ids(row[0], itos)
+                                                                      for row in beam.tolist()]
+    wide, wide_scores, _ = s2s.beam_search(model, source, lengths, beam_size=4, max_length=12)
+    assert wide.shape[:2] == (5, 4) and (wide_scores[:, :-1] >= wide_scores[:, 1:]).all()  # best first
+
+
+def write_lexicons(folder, pairs_by_split, lang="hi"):
+    """Writes native<TAB>roman<TAB>count files in the mirror's layout: folder/<lang>/<lang>.translit.sampled.*.tsv."""
+    (folder / lang).mkdir(parents=True, exist_ok=True)
+    for split, pairs in pairs_by_split.items():
+        lines = [f"{native}\t{roman}\t1" for roman, native in pairs]
+        (folder / lang / f"{lang}.translit.sampled.{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def reversal_data(folder, train_size=1200, dev_size=100):
+    rng = random.Random(0)
+    words = {"".join(rng.choice("abcdef") for _ in range(rng.randint(2, 5))) for _ in range(3 * train_size)}
+    pairs = [(w, w[::-1].upper()) for w in sorted(words)]
+    rng.shuffle(pairs)
+    write_lexicons(folder, {"train": pairs[dev_size:dev_size + train_size], "dev": pairs[:dev_size]})
+
+
+def test_learns_to_reverse_strings(tmp_path):
+    reversal_data(tmp_path / "data")
+    metrics = s2s.main(["--data_dir", str(tmp_path / "data"), "--out_dir", str(tmp_path / "out"), "--cell", "gru",
+                        "--hidden_size", "64", "--embedding_size", "16", "--epochs", "6", "--batch_size", "32",
+                        "--learning_rate", "0.01", "--dropout", "0", "--label_smoothing", "0", "--beam_size", "3"])
+    assert metrics["word_accuracy"] > 0.9
+    assert (tmp_path / "out" / "attention.png").stat().st_size > 0
+
+
+def test_metrics_match_hand_computed_values():
+    assert s2s.edit_distance("kitten", "sitting") == 3
+    assert s2s.edit_distance("", "abc") == 3 and s2s.edit_distance("abc", "abc") == 0
+    pairs = [("an", "AN"), ("an", "AM"), ("ka", "KA"), ("ga", "GAA")]
+    candidates = [["AN", "AM"], ["AN", "AM"], ["KX", "KA"], ["G", "GA"]]
+    metrics = s2s.transliteration_metrics(pairs, candidates)
+    assert metrics["word_accuracy"] == 1 / 4  # only row 1 matches its own reference
+    assert metrics["any_reference_accuracy"] == 1 / 3  # distinct inputs an (right), ka, ga
+    assert metrics["top_k_accuracy"] == 3 / 4
+    assert metrics["cer"] == pytest.approx((0 + 1 + 1 + 2) / (2 + 2 + 2 + 3))
+
+
+def test_unseen_characters_become_unk():
+    stoi = {c: i for i, c in enumerate(s2s.build_vocabulary(["ab"]))}
+    assert s2s.encode_word("ab!", stoi) == [stoi["a"], stoi["b"], s2s.UNK]
+    model = s2s.Seq2Seq(tiny_config(), len(stoi), 8)
+    vocabularies = {"source": list(stoi), "target": s2s.build_vocabulary(["wxyz"])}
+    assert len(s2s.transliterate(model, ["a!b", "zz"], vocabularies, beam_size=2, max_length=5)[0]) == 2
+
+
+def test_resume_continues_exactly(tmp_path):
+    reversal_data(tmp_path / "data", train_size=200, dev_size=20)
+    common = ["--data_dir", str(tmp_path / "data"), "--cell", "lstm", "--hidden_size", "16", "--embedding_size",
+              "8", "--batch_size", "16", "--dropout", "0.2", "--teacher_forcing", "0.5", "--heatmaps", "0"]
+    s2s.main(common + ["--epochs", "2", "--out_dir", str(tmp_path / "straight")])
+    s2s.main(common + ["--epochs", "1", "--out_dir", str(tmp_path / "split")])
+    s2s.main(common + ["--epochs", "2", "--out_dir", str(tmp_path / "split"), "--resume"])
+    straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    split = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
+    assert split["progress"]["epoch"] == straight["progress"]["epoch"] == 2
+    for name, tensor in straight["model"].items():
+        assert torch.equal(tensor, split["model"][name]), name
+
+
+def test_bad_input_gets_one_clear_sentence(tmp_path):
+    reversal_data(tmp_path / "data", train_size=100, dev_size=10)
+    out = tmp_path / "out"
+    s2s.main(["--data_dir", str(tmp_path / "data"), "--out_dir", str(out), "--hidden_size", "8", "--embedding_size",
+              "4", "--epochs", "1", "--heatmaps", "0"])
+    checkpoint = str(out / "best.pt")
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("नमस्ते\tnamaste\t3\nएक\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="line 2 of .*bad.tsv has 1 tab-separated"):
+        s2s.main(["--evaluate", str(bad), "--checkpoint", checkpoint])
+    bad.write_text("\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="has no lexicon lines"):
+        s2s.main(["--evaluate", str(bad), "--checkpoint", checkpoint])
+    with pytest.raises(SystemExit, match="--beam_size must be at least 1"):
+        s2s.main(["--translit", "abc", "--checkpoint", checkpoint, "--beam_size", "0"])
+    with pytest.raises(SystemExit, match="trained with --cell lstm, not gru"):
+        s2s.main(["--translit", "abc", "--checkpoint", checkpoint, "--cell", "gru"])
+    write_lexicons(tmp_path / "other", {"train": [("xyz", "q")], "dev": [("xyz", "q")]})
+    with pytest.raises(SystemExit, match="another vocabulary"):
+        s2s.main(["--data_dir", str(tmp_path / "other"), "--out_dir", str(out), "--resume"])
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes((out / "best.pt").read_bytes()[:1000])
+    with pytest.raises(SystemExit, match="could not read checkpoint"):
+        s2s.main(["--translit", "abc", "--checkpoint", str(damaged)])
+    with pytest.raises(SystemExit, match="found no hi.translit.sampled.train.tsv"):
+        s2s.main(["--data_dir", str(tmp_path), "--out_dir", str(out)])
+    result = subprocess.run([sys.executable, str(ROOT / "seq2seq_rnn.py"), "--translit", "abc", "--checkpoint",
+                             checkpoint, "--beam_size", "0"], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0  # one sentence
+
+
+def test_smoke_run_on_hindi_slice(data_dir, tmp_path):
+    out = tmp_path / "out"
+    s2s.main(["--data_dir", str(data_dir / "dakshina"), "--max_train_rows", "400", "--max_dev_rows", "30",
+              "--epochs", "1", "--hidden_size", "32", "--embedding_size", "16", "--beam_size", "3", "--heatmaps", "2",
+              "--out_dir", str(out)])
+    for name in ("best.pt", "last.pt", "log.jsonl", "predictions.tsv", "attention.png"):
+        assert (out / name).stat().st_size > 0, name
+    rows = (out / "predictions.tsv").read_text(encoding="utf-8").splitlines()
+    assert rows[0] == "input\treference\tprediction\tcorrect" and len(rows) == 31
+    assert rows[1].split("\t")[1] == "अंकन"  # dev rows keep their order: first line is अंकन ankan
+    results = s2s.main(["--translit", "namaste duniya", "--checkpoint", str(out / "best.pt"), "--beam_size", "3"])
+    assert len(results) == 2 and all(len(options) == 3 for options in results)
+    metrics = s2s.main(["--evaluate", str(data_dir / "dakshina" / "hi" / "hi.translit.sampled.dev.tsv"),
+                        "--checkpoint", str(out / "best.pt"), "--beam_size", "1", "--out_dir", str(tmp_path / "ev"),
+                        "--heatmaps", "0"])
+    assert 0.0 <= metrics["cer"] and (tmp_path / "ev" / "predictions.tsv").exists()
