@@ -1,0 +1,313 @@
+"""Tests for gpt.py: the model's properties, equality with Hugging Face's GPT-2, training, resuming, DDP, sampling."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import gpt
+from conftest import ROOT
+
+
+def tiny_config(**overrides):
+    """2 blocks, 32 channels, a 64-token vocabulary: big enough to have every part, small enough to be instant."""
+    fields = dict(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=64, dropout=0.0)
+    fields.update(overrides)
+    return gpt.Config(**fields)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The model
+
+
+@pytest.mark.parametrize("pos", ["learned", "sinusoidal"])
+def test_causality_future_tokens_do_not_change_past_logits(pos):
+    model = gpt.GPT(tiny_config(pos=pos)).eval()
+    idx = torch.randint(0, 64, (2, 16))
+    changed = idx.clone()
+    changed[:, 9] = (changed[:, 9] + 1) % 64  # change token 9 only
+    logits, _, _ = model(idx)
+    logits_changed, _, _ = model(changed)
+    assert torch.equal(logits[:, :9], logits_changed[:, :9])  # positions before 9 cannot see it
+    assert not torch.allclose(logits[:, 9:], logits_changed[:, 9:])  # positions from 9 on do
+
+
+def test_sdpa_path_equals_manual_path():
+    torch.manual_seed(0)
+    sdpa = gpt.GPT(tiny_config(attention="sdpa")).eval()
+    manual = gpt.GPT(tiny_config(attention="manual")).eval()
+    manual.load_state_dict(sdpa.state_dict())
+    idx = torch.randint(0, 64, (3, 16))
+    assert torch.allclose(sdpa(idx)[0], manual(idx)[0], atol=1e-5)
+    # With a cache and several new tokens at once, the mask is the shifted triangle on both paths.
+    _, _, past = sdpa(idx[:, :10])
+    _, _, past_manual = manual(idx[:, :10])
+    assert torch.allclose(sdpa(idx[:, 10:], past_kv=past)[0], manual(idx[:, 10:], past_kv=past_manual)[0], atol=1e-5)
+
+
+def test_kv_cache_gives_the_same_logits_as_the_full_sequence():
+    model = gpt.GPT(tiny_config()).eval()
+    idx = torch.randint(0, 64, (2, 16))
+    full, _, _ = model(idx)
+    _, _, past = model(idx[:, :11])
+    step_logits = []
+    for t in range(11, 16):
+        logits, _, past = model(idx[:, t:t + 1], past_kv=past)
+        step_logits.append(logits)
+    assert past[0][0].shape == (2, 4, 16, 8)  # (B, nh, T, hs) per layer
+    assert torch.allclose(torch.cat(step_logits, dim=1), full[:, 11:], atol=1e-5)
+
+
+def test_loss_at_initialisation_is_about_ln_vocab():
+    model = gpt.GPT(tiny_config(vocab_size=64))
+    idx = torch.randint(0, 64, (8, 16))
+    targets = torch.randint(0, 64, (8, 16))
+    _, loss, _ = model(idx, targets)
+    assert abs(loss.item() - math.log(64)) < 0.1  # small init: nearly uniform predictions
+
+
+def test_weights_are_tied_and_initialised_like_gpt2():
+    model = gpt.GPT(gpt.Config(n_layer=8, n_head=4, n_embd=256, vocab_size=512, block_size=64))
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert abs(model.transformer.h[0].mlp.c_fc.weight.std().item() - 0.02) < 0.002
+    assert abs(model.transformer.h[0].mlp.c_proj.weight.std().item() - 0.02 / math.sqrt(16)) < 0.0005
+    assert model.transformer.h[0].attn.c_attn.bias.abs().sum().item() == 0
+
+
+def test_presets_have_the_advertised_sizes():
+    with torch.device("meta"):  # shapes only, no memory
+        cpu = gpt.GPT(gpt.Config(**gpt.PRESETS["cpu"], vocab_size=65))
+        gpt2 = gpt.GPT(gpt.Config(**gpt.PRESETS["gpt2"], vocab_size=50257))
+        gpt_small = gpt.GPT(gpt.Config(**gpt.PRESETS["gpt-small"], vocab_size=50257))
+        shakespeare = gpt.GPT(gpt.Config(**gpt.PRESETS["shakespeare"], vocab_size=65))
+    assert 0.75e6 < cpu.num_parameters() < 0.85e6
+    assert gpt2.num_parameters() == 124_439_808  # GPT-2 small, as Hugging Face counts it
+    assert 145e6 < gpt_small.num_parameters() < 160e6
+    assert 10.6e6 < shakespeare.num_parameters() < 10.9e6
+
+
+def test_overfits_one_batch():
+    model = gpt.GPT(tiny_config())
+    idx = torch.randint(0, 64, (4, 16))
+    targets = torch.randint(0, 64, (4, 16))  # random targets: only memorising can fit them
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        _, loss, _ = model(idx, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.1
+
+
+def test_sinusoidal_table_matches_the_formula():
+    table = gpt.sinusoidal_positions(10, 8)
+    pos, i = 7, 1
+    assert math.isclose(table[pos, 2 * i].item(), math.sin(pos / 10000 ** (2 * i / 8)), abs_tol=1e-6)
+    assert math.isclose(table[pos, 2 * i + 1].item(), math.cos(pos / 10000 ** (2 * i / 8)), abs_tol=1e-6)
+    assert "sinusoid" not in gpt.GPT(tiny_config(pos="sinusoidal")).state_dict()  # fixed, not a weight
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_cached_generation_equals_uncached_generation(temperature):
+    model = gpt.GPT(tiny_config()).eval()
+    prompt = torch.randint(0, 64, (2, 5))
+    # 40 new tokens with a 16-token window: the window slides several times on the way.
+    outputs = []
+    for use_cache in (True, False):
+        generator = torch.Generator().manual_seed(7)
+        outputs.append(model.generate(prompt, 40, temperature=temperature, top_k=20, use_cache=use_cache,
+                                      generator=generator))
+    assert outputs[0].shape == (2, 45)
+    assert torch.equal(outputs[0], outputs[1])
+
+
+def test_sampling_filters():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+    context = torch.tensor([[0]])
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):  # top_k=1 and a tiny top_p both leave only the best token
+        assert gpt.sample_next_token(logits, context, 1.0, 1, 1.0, 1.0, generator).item() == 0
+        assert gpt.sample_next_token(logits, context, 1.0, 0, 0.01, 1.0, generator).item() == 0
+    draws = [gpt.sample_next_token(logits, context, 1.0, 2, 1.0, 1.0, generator).item() for _ in range(200)]
+    assert set(draws) == {0, 1}  # top_k=2 keeps exactly the two best
+    # A strong repetition penalty on the seen token 0 hands the greedy choice to token 1.
+    assert gpt.sample_next_token(logits, context, 0.0, 0, 1.0, 2.0).item() == 1
+
+
+def test_bad_shape_is_named():
+    with pytest.raises(ValueError, match="divisible by n_head"):
+        gpt.GPT(tiny_config(n_embd=30, n_head=4))
+    with pytest.raises(ValueError, match="--attention must be one of"):
+        gpt.GPT(tiny_config(attention="flash"))
+
+
+def hf_gpt2_from(model):
+    """A Hugging Face GPT2LMHeadModel holding the same weights; its Conv1D layers store weights transposed."""
+    transformers = pytest.importorskip("transformers")
+    c = model.config
+    hf_config = transformers.GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
+                                        n_layer=c.n_layer, n_head=c.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
+                                        attn_pdrop=0.0, layer_norm_epsilon=c.layer_norm_epsilon,
+                                        activation_function="gelu_new", bos_token_id=0, eos_token_id=0)
+    hf = transformers.GPT2LMHeadModel(hf_config).eval()
+    ours = model.state_dict()
+    transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    with torch.no_grad():
+        for name, param in hf.state_dict().items():
+            if name.endswith(".attn.bias") or name.endswith(".attn.masked_bias"):
+                continue  # old transformers versions keep the causal mask as a buffer
+            source = ours[name]
+            param.copy_(source.t() if name.endswith(transposed) else source)
+    return hf
+
+
+def test_equals_hugging_face_gpt2_logits_loss_and_greedy_text():
+    model = gpt.GPT(tiny_config()).eval()
+    hf = hf_gpt2_from(model)
+    idx = torch.randint(0, 64, (2, 16))
+    logits, loss, _ = model(idx, idx)
+    hf_out = hf(idx, labels=idx)  # Hugging Face shifts the labels itself
+    assert torch.allclose(logits, hf_out.logits, atol=1e-5)
+    _, shifted_loss, _ = model(idx[:, :-1], idx[:, 1:])
+    assert torch.allclose(shifted_loss, hf_out.loss, atol=1e-5)
+    prompt = idx[:1, :4]
+    ours = model.generate(prompt, 10, temperature=0.0)
+    theirs = hf.generate(prompt, max_new_tokens=10, do_sample=False, pad_token_id=0)
+    assert torch.equal(ours, theirs)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training, checkpoints, sampling and the command line, on token files made here as prepare_data.py would write them.
+
+TEXT = ("First Citizen: Before we proceed any further, hear me speak.\nAll: Speak, speak.\n"
+        "First Citizen: You are all resolved rather to die than to famish?\nAll: Resolved. resolved.\n") * 40
+
+
+def write_char_dataset(folder, text=TEXT):
+    """train.bin / val.bin / meta.json per the nanoverse-tokens-v1 contract: sorted characters, a 90/10 split."""
+    folder.mkdir(parents=True, exist_ok=True)
+    itos = sorted(set(text))
+    ids = np.array([itos.index(c) for c in text], dtype=np.uint16)
+    split = int(0.9 * len(ids))
+    ids[:split].tofile(folder / "train.bin")
+    ids[split:].tofile(folder / "val.bin")
+    meta = {"format": "nanoverse-tokens-v1", "dataset": "tiny", "tokenizer": "char", "vocab_size": len(itos),
+            "dtype": "uint16", "train_tokens": split, "val_tokens": len(ids) - split, "eot_id": None, "itos": itos,
+            "source": "inline", "sha256": ""}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+TINY_FLAGS = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "16", "--batch_size", "4",
+              "--learning_rate", "3e-3", "--warmup_iters", "2"]
+
+
+def read_log(out_dir):
+    return [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
+
+
+def test_smoke_training_writes_checkpoint_log_picture_and_samples(tmp_path, capsys):
+    data = write_char_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    result = gpt.main(["--data_dir", str(data), "--out_dir", str(out), *TINY_FLAGS, "--max_iters", "30",
+                       "--eval_interval", "15", "--log_interval", "5", "--sample_interval", "15", "--grad_accum_steps",
+                       "2", "--dropout", "0.1"])
+    printed = capsys.readouterr().out
+    assert "ms/step" in printed and "tok/s" in printed and "val loss" in printed
+    checkpoint = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=True)
+    assert checkpoint["format"] == "nanoverse-gpt-v1" and checkpoint["step"] == 30
+    assert not any(key.startswith("_orig_mod") for key in checkpoint["model"])  # the plain module's names
+    log = read_log(out)
+    assert [r["step"] for r in log if "loss" in r] == [5, 10, 15, 20, 25, 30]
+    val_losses = [r["val_loss"] for r in log if "val_loss" in r]
+    assert len(val_losses) == 2 and val_losses[-1] < math.log(checkpoint["config"]["vocab_size"])  # it learned
+    assert result["best_val_loss"] == pytest.approx(min(val_losses), abs=1e-4)
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(out.glob("*.tmp"))  # atomic writes leave no temporary files behind
+
+    texts = gpt.main(["--sample", "--out_dir", str(out), "--start", "All:", "--num_samples", "2",
+                      "--max_new_tokens", "25", "--top_k", "5", "--top_p", "0.9", "--repetition_penalty", "1.1"])
+    assert len(texts) == 2 and all(t.startswith("All:") and len(t) == 4 + 25 for t in texts)
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_text("First")
+    again = gpt.main(["--sample", "--out_dir", str(out), "--start", f"FILE:{prompt_file}", "--max_new_tokens", "5",
+                      "--temperature", "0"])
+    assert again[0].startswith("First") and len(again[0]) == 10
+
+
+def test_resume_reproduces_the_next_losses_exactly(tmp_path):
+    data = write_char_dataset(tmp_path / "data")
+    common = ["--data_dir", str(data), *TINY_FLAGS, "--dropout", "0.1", "--lr_decay_iters", "8", "--eval_interval",
+              "4", "--log_interval", "1"]
+    gpt.main([*common, "--out_dir", str(tmp_path / "straight"), "--max_iters", "8"])
+    gpt.main([*common, "--out_dir", str(tmp_path / "split"), "--max_iters", "4"])
+    gpt.main([*common, "--out_dir", str(tmp_path / "split"), "--max_iters", "8", "--init_from", "resume"])
+    straight = [r["loss"] for r in read_log(tmp_path / "straight") if "loss" in r]
+    split = [r["loss"] for r in read_log(tmp_path / "split") if "loss" in r]
+    assert len(straight) == 8 and split == straight  # steps 5-8 after the resume equal the uninterrupted run
+
+
+def test_early_stopping_after_patience_evaluations(tmp_path):
+    data = write_char_dataset(tmp_path / "data")
+    # With a zero learning rate the val loss never improves after the first evaluation.
+    result = gpt.main(["--data_dir", str(data), "--out_dir", str(tmp_path / "out"), *TINY_FLAGS, "--learning_rate", "0",
+                       "--min_lr", "0", "--max_iters", "50", "--eval_interval", "2", "--patience", "2"])
+    assert result["step"] == 6  # evaluations at 2 (best), 4 and 6 (no better): stop
+
+
+def test_two_process_ddp_with_gloo(tmp_path):
+    data = write_char_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "gpt.py"),
+               "--data_dir", str(data), "--out_dir", str(out), *TINY_FLAGS, "--max_iters", "4", "--eval_interval", "4",
+               "--log_interval", "2", "--grad_accum_steps", "2", "--device", "cpu", "--max_new_tokens", "5"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 processes" in result.stdout
+    log = read_log(out)
+    assert [r["step"] for r in log if "loss" in r] == [2, 4]  # one process logs, not two
+    assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 4
+
+
+def test_command_line_ignores_a_notebook_kernel_argument_and_applies_presets():
+    assert gpt.parse_args(["-f", "/root/.local/kernel-1.json"]) == gpt.Config()
+    config = gpt.parse_args(["--preset", "shakespeare", "--dropout", "0", "--no-bias"])
+    assert (config.n_layer, config.n_embd, config.block_size, config.dropout, config.bias) == (6, 384, 256, 0.0, False)
+
+
+def test_bad_inputs_are_named(tmp_path):
+    with pytest.raises(SystemExit, match="run `python prepare_data.py no_such_set` first"):
+        gpt.main(["--out_dir", str(tmp_path / "o"), "--dataset", "no_such_set"])
+    with pytest.raises(SystemExit, match="missing"):
+        gpt.main(["--data_dir", str(tmp_path / "none")])
+    data = write_char_dataset(tmp_path / "data")
+    with pytest.raises(SystemExit, match="divisible by n_head"):
+        gpt.main(["--data_dir", str(data), "--out_dir", str(tmp_path / "o"), "--n_embd", "30", "--n_head", "4"])
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        gpt.main(["--sample", "--out_dir", str(tmp_path / "empty")])
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "ckpt.pt").write_bytes(b"PK\x03\x04 not really a checkpoint")
+    with pytest.raises(SystemExit, match="cannot be read"):
+        gpt.main(["--sample", "--out_dir", str(tmp_path / "broken")])
+    with pytest.raises(SystemExit, match="--top_p"):
+        gpt.main(["--sample", "--top_p", "0"])
+    with pytest.raises(SystemExit):
+        gpt.main(["--max_iter", "10"])  # a misspelled flag is an error, not silently ignored
+
+
+def test_prompt_with_unknown_characters_is_named(tmp_path):
+    data = write_char_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    gpt.main(["--data_dir", str(data), "--out_dir", str(out), *TINY_FLAGS, "--max_iters", "1", "--max_new_tokens", "1"])
+    with pytest.raises(SystemExit, match="never saw"):
+        gpt.main(["--sample", "--out_dir", str(out), "--start", "Zebra!"])
+
+
+def test_local_gpt2_tokenizer_equals_tiktoken(gpt2_encoding):
+    text = "Hello world, it's 2024!  New   lines\n\nand ünïcödé <|endoftext|>"
+    ours = gpt.gpt2_encoding()
+    assert ours.encode(text, allowed_special="all") == gpt2_encoding.encode(text, allowed_special="all")
