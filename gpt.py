@@ -10,7 +10,7 @@ Run:
     python prepare_data.py shakespeare_char && python gpt.py          # CPU: 1400 steps, val loss ~1.91, 1-1.5 min
     python gpt.py --sample --start "ROMEO:" --num_samples 3             # sample from out-gpt/ckpt.pt
     python gpt.py --preset shakespeare --max_iters 5000                 # GPU: the 10.7M-parameter model
-    torchrun --standalone --nproc_per_node=8 gpt.py --preset gpt2 --dataset openwebtext  # several GPUs with DDP
+    torchrun --standalone --nproc_per_node=8 gpt.py --preset gpt2 --dataset shakespeare  # several GPUs with DDP
     Colab: upload gpt.py and prepare_data.py, then  !python prepare_data.py shakespeare_char && python gpt.py
 """
 

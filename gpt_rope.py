@@ -15,7 +15,7 @@ Run:
     python prepare_data.py shakespeare_char && python gpt_rope.py     # CPU: 1400 steps, val loss ~1.91, 1-1.5 min
     python gpt_rope.py --sample --start "ROMEO:" --num_samples 3        # sample from out-gpt-rope/ckpt.pt
     python gpt_rope.py --preset shakespeare --max_iters 5000            # GPU: the 10.7M-parameter model
-    torchrun --standalone --nproc_per_node=8 gpt_rope.py --preset gpt2 --dataset openwebtext  # DDP on several GPUs
+    torchrun --standalone --nproc_per_node=8 gpt_rope.py --preset gpt2 --dataset shakespeare  # DDP on several GPUs
     Colab: upload gpt_rope.py and prepare_data.py, then  !python prepare_data.py shakespeare_char && python gpt_rope.py
 """
 
