@@ -295,8 +295,9 @@ def test_bad_inputs_are_named(tmp_path):
         gpt.main(["--sample", "--out_dir", str(tmp_path / "broken")])
     with pytest.raises(SystemExit, match="--top_p"):
         gpt.main(["--sample", "--top_p", "0"])
-    with pytest.raises(SystemExit):
-        gpt.main(["--max_iter", "10"])  # a misspelled flag is an error, not silently ignored
+    with pytest.raises(SystemExit) as error:
+        gpt.main(["--max_iter", "10"])  # a misspelled flag is an error, not silently ignored nor expanded
+    assert error.value.code == 2  # argparse's usage error, not some later failure
 
 
 def test_prompt_with_unknown_characters_is_named(tmp_path):
