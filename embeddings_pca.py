@@ -46,7 +46,7 @@ class Config:
     max_vocab: int = 20000  # keep at most this many of the most frequent words
     # co-occurrence matrix and weighting
     # A wide window with near words weighted more measured best on word relatedness here (WS353 0.43 vs 0.28 with
-    # window 4, 1/d off; benchmarks/RESULTS.md); a narrow window (2-4) leans toward "same kind of word" instead.
+    # window 4, 1/d off; benchmarks/RESULTS.md).
     window: int = 16  # how many words on each side of a word count as its context
     distance_weighting: bool = True  # count a pair d words apart as 1/d instead of 1 (GloVe does this)
     weighting: str = "ppmi"  # raw | log | rownorm | ppmi: how counts become the matrix that PCA reduces
