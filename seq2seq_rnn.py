@@ -14,6 +14,14 @@ References:
 Run:
   # CPU (2 cores, 10-15 minutes): Hindi romanized -> Devanagari, about 47% dev word accuracy with beam search
   python seq2seq_rnn.py --lang hi --max_minutes 20
+  # CPU, 20 minutes, about 50%: three models at once, one process each (left-to-right and right-to-left
+  # decoders), then the three together as an ensemble
+  python seq2seq_rnn.py --max_minutes 20 --lr_schedule linear --threads 1 --seed 1 --out_dir out-hi/a &
+  python seq2seq_rnn.py --max_minutes 20 --lr_schedule linear --threads 1 --seed 1 --reverse_output --out_dir out-hi/b &
+  python seq2seq_rnn.py --max_minutes 20 --lr_schedule linear --threads 1 --seed 2 --out_dir out-hi/c &
+  wait
+  python seq2seq_rnn.py --evaluate data/dakshina/hi/hi.translit.sampled.dev.tsv \
+    --checkpoint out-hi/a/best.pt,out-hi/b/best.pt,out-hi/c/best.pt
   # GPU
   python seq2seq_rnn.py --lang hi --device cuda --batch_size 256 --learning_rate 3e-3
   # Colab: paste this file into a cell and run it (defaults), or: !python seq2seq_rnn.py --lang hi --device cuda
@@ -63,11 +71,13 @@ class Config:
     bidirectional: bool = True  # encoder reads the word both ways
     dropout: float = 0.2  # dropout on embeddings, between layers and before the output layer
     attention: str = "dot"  # none, dot (Luong) or additive (Bahdanau)
+    reverse_output: bool = False  # the decoder writes each output word backwards, last character first
     # training
     epochs: int = 40  # most passes over the training split
     batch_size: int = 64  # words per step
     learning_rate: float = 2e-3  # Adam step size
-    lr_decay: float = 0.5  # multiply the learning rate by this after an epoch that does not improve dev accuracy
+    lr_schedule: str = "plateau"  # plateau (cut by lr_decay after an epoch without a better dev accuracy) or linear
+    lr_decay: float = 0.5  # plateau schedule: multiply the learning rate by this after an epoch that does not improve
     teacher_forcing: float = 1.0  # probability of feeding the reference character (not the model's guess) per step
     label_smoothing: float = 0.1  # spread this much target probability over the other characters
     grad_clip: float = 1.0  # clip the gradient norm to this (0 = off)
@@ -77,9 +87,9 @@ class Config:
     seed: int = 1337  # seed for initialization, batch order, dropout and teacher forcing
     # decoding and evaluation
     beam_size: int = 5  # hypotheses kept by beam search (1 = greedy)
-    length_penalty: float = 1.0  # rank hypotheses by log-probability / length**length_penalty
+    length_penalty: float = 0.5  # rank hypotheses by log-probability / length**length_penalty
     max_output_length: int = 40  # longest output word, in characters
-    checkpoint: str = ""  # checkpoint for --evaluate and --translit (default: out_dir/best.pt)
+    checkpoint: str = ""  # checkpoint for --evaluate and --translit (default: out_dir/best.pt); a,b: an ensemble
     evaluate: str = ""  # score this lexicon file with --checkpoint, write predictions and heatmaps
     translit: str = ""  # transliterate these space-separated words with --checkpoint and print the top candidates
     heatmaps: int = 4  # words to draw attention heatmaps for
@@ -94,7 +104,7 @@ SPECIAL_TOKENS = ["<pad>", "<sos>", "<eos>", "<unk>"]
 CHECKPOINT_FORMAT = "nanoverse-seq2seq-rnn-v1"
 # Fields that fix the shape of the network: a checkpoint can only be loaded into a model built with the same values.
 MODEL_FIELDS = ("lang", "direction", "cell", "embedding_size", "hidden_size", "encoder_layers", "decoder_layers",
-                "bidirectional", "attention")
+                "bidirectional", "attention", "reverse_output")
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Model: recurrent layers, encoder, bridge (encoder state -> decoder state), attention, decoder, the whole model.
@@ -438,8 +448,8 @@ def decode_ids(ids, itos):
 
 def make_batch(pairs, source_stoi, target_stoi, device):
     """Pads a list of (input, output) words into tensors: source (B, S), lengths (B,), decoder inputs and targets."""
-    sources = [torch.tensor(encode_word(source, source_stoi)) for source, _ in pairs]
-    targets = [torch.tensor(encode_word(target, target_stoi)) for _, target in pairs]
+    sources = [torch.tensor(encode_word(source, source_stoi), dtype=torch.long) for source, _ in pairs]
+    targets = [torch.tensor(encode_word(target, target_stoi), dtype=torch.long) for _, target in pairs]
     source = pad_sequence(sources, batch_first=True, padding_value=PAD)
     lengths = torch.tensor([len(s) for s in sources])
     # Teacher forcing: the decoder reads <sos> y1 .. yn and must predict y1 .. yn <eos>.
@@ -494,10 +504,71 @@ def transliteration_metrics(pairs, candidates):
     }
 
 
+class Ensemble(nn.Module):
+    """Several trained models that transliterate together by rescoring each other's proposals.
+
+    Each model proposes its beam's best outputs; every model then scores every proposal with one teacher-forced
+    pass (log P(output | input), the training loss read the other way), and the proposals are ranked by the models'
+    mean score per character. Models trained from other seeds make partly different mistakes, and a left-to-right
+    and a right-to-left model (--reverse_output) differ most: one commits to the start of a word before it has
+    written the end, the other the other way round. The models must share the character vocabularies.
+    """
+
+    def __init__(self, models):
+        super().__init__()
+        self.models = nn.ModuleList(models)
+        self.config = models[0].config
+
+
+@torch.no_grad()
+def output_log_probs(model, pairs, vocabularies, batch_size=512):
+    """log P(output | input) for (input, output) pairs, summed over the output's characters and <eos>; and lengths."""
+    model.eval()
+    device = next(model.parameters()).device
+    source_stoi = {c: i for i, c in enumerate(vocabularies["source"])}
+    target_stoi = {c: i for i, c in enumerate(vocabularies["target"])}
+    if model.config.reverse_output:
+        pairs = [(source, output[::-1]) for source, output in pairs]
+    log_probs, lengths = [], []
+    for start in range(0, len(pairs), batch_size):
+        source, source_lengths, target_inputs, target_outputs = make_batch(pairs[start:start + batch_size],
+                                                                           source_stoi, target_stoi, device)
+        logits = model(source, source_lengths, target_inputs).float()
+        per_character = logits.log_softmax(-1).gather(-1, target_outputs.unsqueeze(-1)).squeeze(-1)
+        real = target_outputs != PAD
+        log_probs += (per_character * real).sum(1).tolist()
+        lengths += real.sum(1).tolist()
+    return log_probs, lengths
+
+
+def ensemble_transliterate(ensemble, words, vocabularies, beam_size, max_length, length_penalty=1.0):
+    """Proposals from every model's beam, ranked by the mean over models of log P / length**length_penalty."""
+    distinct = list(dict.fromkeys(words))
+    proposals = {word: {} for word in distinct}  # a dict keeps each proposal once, in order
+    for model in ensemble.models:
+        for word, options in zip(distinct, transliterate(model, distinct, vocabularies, beam_size, max_length,
+                                                         length_penalty)):
+            proposals[word].update(dict.fromkeys(text for text, _ in options))
+    pairs = [(word, text) for word in distinct for text in proposals[word]]
+    scored = [output_log_probs(model, pairs, vocabularies) for model in ensemble.models]
+    ranked = defaultdict(list)
+    for index, (word, text) in enumerate(pairs):
+        mean_log_prob = sum(log_probs[index] for log_probs, _ in scored) / len(scored)
+        rank_score = sum(log_probs[index] / lengths[index] ** length_penalty
+                         for log_probs, lengths in scored) / len(scored)
+        ranked[word].append((rank_score, text, mean_log_prob))
+    results = {word: [(text, log_prob) for _, text, log_prob in sorted(options, key=lambda o: -o[0])][:beam_size]
+               for word, options in ranked.items()}
+    return [results[word] for word in words]
+
+
 @torch.no_grad()
 def transliterate(model, words, vocabularies, beam_size, max_length, length_penalty=1.0, batch_size=256):
     """Returns, per word, a list of (candidate, log-probability) best first; greedy when beam_size is 1."""
+    if isinstance(model, Ensemble):
+        return ensemble_transliterate(model, words, vocabularies, beam_size, max_length, length_penalty)
     model.eval()
+    in_reading_order = (lambda text: text[::-1]) if model.config.reverse_output else (lambda text: text)
     device = next(model.parameters()).device
     source_stoi = {c: i for i, c in enumerate(vocabularies["source"])}
     target_itos = vocabularies["target"]
@@ -509,11 +580,12 @@ def transliterate(model, words, vocabularies, beam_size, max_length, length_pena
         if beam_size == 1:
             ids, _ = greedy_decode(model, source, lengths, max_length)
             for word, row in zip(chunk, ids.tolist()):
-                results[word] = [(decode_ids(row, target_itos), 0.0)]
+                results[word] = [(in_reading_order(decode_ids(row, target_itos)), 0.0)]
         else:
             ids, _, log_probs = beam_search(model, source, lengths, beam_size, max_length, length_penalty)
             for word, rows, scores in zip(chunk, ids.tolist(), log_probs.tolist()):
-                results[word] = [(decode_ids(row, target_itos), score) for row, score in zip(rows, scores)]
+                results[word] = [(in_reading_order(decode_ids(row, target_itos)), score)
+                                 for row, score in zip(rows, scores)]
     return [results[w] for w in words]
 
 
@@ -535,10 +607,12 @@ def find_font(characters):
 
 
 def save_attention_heatmaps(model, words, vocabularies, path, max_length):
-    """Draws, for each word, which input characters (x) the decoder attended to while writing each output (y)."""
+    """Draws, for each word, which input characters (x) the decoder attended to while writing each output (y), in
+    the order the decoder wrote them (backwards for a --reverse_output model; the first model of an ensemble)."""
     from matplotlib.figure import Figure
     from matplotlib.font_manager import FontProperties
 
+    model = model.models[0] if isinstance(model, Ensemble) else model
     model.eval()
     device = next(model.parameters()).device
     source_stoi = {c: i for i, c in enumerate(vocabularies["source"])}
@@ -559,7 +633,8 @@ def save_attention_heatmaps(model, words, vocabularies, path, max_length):
         axes.imshow(weights[index, :len(rows), :len(word)].cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
         axes.set_xticks(range(len(word)), [label(c) for c in word], fontproperties=font)
         axes.set_yticks(range(len(rows)), [label(c) for c in output] + ["<eos>"], fontproperties=font)
-        axes.set_title(f"{word} -> {output}" if font_path else word, fontproperties=font)
+        reading = output[::-1] if model.config.reverse_output else output
+        axes.set_title(f"{word} -> {reading}" if font_path else word, fontproperties=font)
         axes.set_xlabel("input character")
     figure.tight_layout()
     path = Path(path)
@@ -646,6 +721,17 @@ def model_from_checkpoint(checkpoint, given, device):
     return model, config, vocabularies
 
 
+def load_models(paths, given, device):
+    """One checkpoint gives its model; several (comma-separated) give an Ensemble of them."""
+    loaded = [model_from_checkpoint(load_checkpoint(path), given, device) for path in paths]
+    model, config, vocabularies = loaded[0]
+    for path, (_, other_config, other_vocabularies) in zip(paths[1:], loaded[1:]):
+        if other_vocabularies != vocabularies or other_config.direction != config.direction:
+            raise SystemExit(f"{path} was trained on other characters or another direction than {paths[0]}; an "
+                             f"ensemble needs models trained on the same language and direction.")
+    return (Ensemble([m for m, _, _ in loaded]) if len(loaded) > 1 else model), config, vocabularies
+
+
 def pick_device(name):
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
@@ -656,6 +742,17 @@ def dev_accuracy(model, pairs, vocabularies, config):
     """Greedy word accuracy per row: cheap enough to run after every epoch for early stopping."""
     candidates = transliterate(model, [s for s, _ in pairs], vocabularies, 1, config.max_output_length)
     return sum(options[0][0] == reference for (_, reference), options in zip(pairs, candidates)) / len(pairs)
+
+
+def linear_learning_rate(config, progress, seconds_into_epoch, fraction_of_epoch):
+    """Linear decay from --learning_rate to zero over the whole run: over the --max_minutes clock when there is one
+    (so the last step of the budget is taken at a learning rate near zero however fast the machine is), else over
+    --epochs. Budgeted training favours this shape (Li, Yumer, Ramanan 2020, https://arxiv.org/abs/1905.04753)."""
+    if config.max_minutes:
+        done = (progress["train_seconds"] + seconds_into_epoch) / (60 * config.max_minutes)
+    else:
+        done = (progress["epoch"] + fraction_of_epoch) / config.epochs
+    return config.learning_rate * max(0.0, 1.0 - done)
 
 
 def train(config, given):
@@ -690,6 +787,8 @@ def train(config, given):
               f"accuracy {progress['best_dev_accuracy']:.2%})")
     source_stoi = {c: i for i, c in enumerate(vocabularies["source"])}
     target_stoi = {c: i for i, c in enumerate(vocabularies["target"])}
+    if config.reverse_output:  # a right-to-left model learns each word backwards; transliterate() turns it round
+        train_pairs = [(source, target[::-1]) for source, target in train_pairs]
     parameter_count = sum(p.numel() for p in model.parameters())
     print(f"{len(train_pairs)} training and {len(dev_pairs)} dev rows | source vocabulary {len(source_stoi)}, "
           f"target vocabulary {len(target_stoi)} | {parameter_count:,} parameters | device {device}")
@@ -709,11 +808,18 @@ def train(config, given):
             for group in optimizer.param_groups:
                 group["lr"] = progress["learning_rate"]
             model.train()
+            step_in_epoch = 0
             total_loss, total_words = 0.0, 0
             batches = batches_by_length(train_pairs, config.batch_size, generator)
             for indices in tqdm(batches, desc=f"epoch {progress['epoch'] + 1}", leave=False, mininterval=1.0):
                 source, lengths, target_inputs, target_outputs = make_batch(
                     [train_pairs[i] for i in indices], source_stoi, target_stoi, device)
+                if config.lr_schedule == "linear":
+                    learning_rate = linear_learning_rate(config, progress, time.time() - epoch_start,
+                                                         step_in_epoch / len(batches))
+                    for group in optimizer.param_groups:
+                        group["lr"] = learning_rate
+                step_in_epoch += 1
                 logits = model(source, lengths, target_inputs, config.teacher_forcing)
                 loss = sequence_loss(logits, target_outputs, config.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
@@ -732,7 +838,7 @@ def train(config, given):
             progress["last_epoch_seconds"] = epoch_seconds
             improved = accuracy > progress["best_dev_accuracy"]
             record = {"epoch": progress["epoch"], "step": progress["step"], "loss": total_loss / total_words,
-                      "dev_accuracy": accuracy, "lr": progress["learning_rate"],
+                      "dev_accuracy": accuracy, "lr": optimizer.param_groups[0]["lr"],
                       "ms_per_step": 1000 * train_seconds / len(batches), "words_per_sec": total_words / train_seconds,
                       "minutes": progress["train_seconds"] / 60}
             print(f"epoch {record['epoch']} | loss {record['loss']:.3f} | dev greedy accuracy {accuracy:.2%}"
@@ -745,7 +851,8 @@ def train(config, given):
                 save_checkpoint(out_dir / "best.pt", model, optimizer, config, vocabularies, progress, generator)
             else:
                 progress["epochs_without_improvement"] += 1
-                progress["learning_rate"] *= config.lr_decay
+                if config.lr_schedule == "plateau":
+                    progress["learning_rate"] *= config.lr_decay
             save_checkpoint(out_dir / "last.pt", model, optimizer, config, vocabularies, progress, generator)
             sample = [s for s, _ in dev_pairs[:: max(1, len(dev_pairs) // 3)][:3]]
             outputs = transliterate(model, sample, vocabularies, 1, config.max_output_length)
@@ -781,6 +888,7 @@ def parse_config(argv):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     helps = field_help()
     choices = {"cell": ("rnn", "gru", "lstm"), "attention": ("none", "dot", "additive"), "lang": LANGUAGES,
+               "lr_schedule": ("plateau", "linear"),
                "direction": ("roman2native", "native2roman")}
     for field in dataclasses.fields(Config):
         help_text = f"{helps.get(field.name, '')} (default: {field.default})"
@@ -810,8 +918,8 @@ def main(argv=None):
     if not (config.evaluate or config.translit):
         return train(config, given)
     device = pick_device(config.device)
-    checkpoint_path = config.checkpoint or str(Path(config.out_dir) / "best.pt")
-    model, config, vocabularies = model_from_checkpoint(load_checkpoint(checkpoint_path), given, device)
+    checkpoint_paths = (config.checkpoint or str(Path(config.out_dir) / "best.pt")).split(",")
+    model, config, vocabularies = load_models(checkpoint_paths, given, device)
     if config.translit:
         results = transliterate(model, config.translit.split(), vocabularies, config.beam_size,
                                 config.max_output_length, config.length_penalty)

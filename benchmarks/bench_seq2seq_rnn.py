@@ -8,12 +8,18 @@ table shows every run found so far.
 Run:
   NANOVERSE_DATA=../shared/data python benchmarks/bench_seq2seq_rnn.py --runs rnn,rnn+dot,gru --minutes 2.5
   NANOVERSE_DATA=../shared/data python benchmarks/bench_seq2seq_rnn.py --runs gru+dot,lstm,lstm+dot --minutes 2.5
+  NANOVERSE_DATA=../shared/data python benchmarks/bench_seq2seq_rnn.py --minutes 20 --extra "--lr_schedule linear" \
+      --ensemble "--seed 1; --seed 1 --reverse_output"
   NANOVERSE_DATA=../shared/data python benchmarks/bench_seq2seq_rnn.py --table
+
+--ensemble "A; B; ..." trains one model per option set at the same time, one process per share of the cores, each for
+--minutes of training, then beam-searches dev with each model alone and with all of them as an ensemble.
 """
 
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,8 +58,37 @@ def run(name, extra, minutes, chunk, results_dir):
     (results_dir / f"{name}.json").write_text(json.dumps(result, indent=1))
 
 
+def ensemble_run(option_sets, extra, minutes, results_dir):
+    """Trains one model per option set side by side (one process each, the cores shared out), then scores them alone
+    and together."""
+    name = "ensemble " + " + ".join(" ".join(options) or "defaults" for options in option_sets)
+    threads = max(1, (os.cpu_count() or 1) // len(option_sets))
+    out_dirs = [results_dir / "ensemble" / f"model{i}" for i in range(1, len(option_sets) + 1)]
+    commands = [[sys.executable, str(ROOT / "seq2seq_rnn.py"), "--max_minutes", str(minutes), "--threads", str(threads)]
+                + extra + options + ["--out_dir", str(out_dir), "--heatmaps", "0"]
+                for options, out_dir in zip(option_sets, out_dirs)]
+    start = time.time()
+    processes = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for command in commands]
+    if any(process.wait() != 0 for process in processes):
+        raise SystemExit(f"a training process of {name} failed; run its command by hand to see why: {commands[0]}")
+    train_wall = (time.time() - start) / 60
+    dev = str(seq2seq_rnn.lexicon_path(seq2seq_rnn.Config(), "dev"))
+    singles = [seq2seq_rnn.main(["--evaluate", dev, "--checkpoint", str(out_dir / "best.pt"), "--heatmaps", "0",
+                                 "--out_dir", str(out_dir)]) for out_dir in out_dirs]
+    metrics = seq2seq_rnn.main(["--evaluate", dev, "--checkpoint", ",".join(str(d / "best.pt") for d in out_dirs),
+                                "--heatmaps", "0", "--out_dir", str(results_dir / "ensemble")])
+    logs = [[json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()] for out_dir in out_dirs]
+    result = {"run": name, "commands": [" ".join(["python seq2seq_rnn.py"] + c[2:]) for c in commands],
+              "train_wall_minutes": train_wall, "epochs": [len(log) for log in logs],
+              "single_word_accuracy": [m["word_accuracy"] for m in singles], **metrics}
+    (results_dir / "ensemble.json").write_text(json.dumps(result, indent=1))
+
+
 def table(results_dir):
     rows = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
+    ensembles = [r for r in rows if r["run"].startswith("ensemble")]
+    rows = [r for r in rows if not r["run"].startswith("ensemble")]
     print("| run | parameters | training min | epochs (best) | dev greedy | dev beam-5 word acc | any-reference | "
           "top-5 | CER |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -63,6 +98,15 @@ def table(results_dir):
               f"{r['top_k_accuracy']:.2%} | {r['cer']:.2%} |")
     for r in rows:
         print(f"{r['run']}: {r['command']}")
+    if ensembles:
+        print("\n| models | training wall min | epochs per model | each alone (beam-5) | ensemble beam-5 word acc | "
+              "any-reference | top-5 | CER |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in ensembles:
+        print(f"| {r['run']} | {r['train_wall_minutes']:.1f} | {', '.join(map(str, r['epochs']))} | "
+              f"{', '.join(f'{a:.2%}' for a in r['single_word_accuracy'])} | {r['word_accuracy']:.2%} | "
+              f"{r['any_reference_accuracy']:.2%} | {r['top_k_accuracy']:.2%} | {r['cer']:.2%} |")
+        print("\n".join(r["commands"]))
 
 
 def main():
@@ -73,6 +117,8 @@ def main():
                         "(0 = all at once); call again to resume, so no call holds the CPU too long")
     parser.add_argument("--extra", default="", help="more seq2seq_rnn.py options for every run, e.g. '--epochs 30'")
     parser.add_argument("--results_dir", default="out-bench-seq2seq", help="checkpoints and one JSON per run")
+    parser.add_argument("--ensemble", default="", help="semicolon-separated seq2seq_rnn.py option sets: train one "
+                        "model per set side by side and score their ensemble")
     parser.add_argument("--table", action="store_true", help="only print the table of the runs done so far")
     args = parser.parse_args()
     if not os.environ.get("NANOVERSE_DATA"):
@@ -83,6 +129,9 @@ def main():
         if name not in RUNS:
             raise SystemExit(f"unknown run {name}; choose from {', '.join(RUNS)}.")
         run(name, args.extra.split(), args.minutes, args.chunk, results_dir)
+    if args.ensemble:
+        ensemble_run([options.split() for options in args.ensemble.split(";")], args.extra.split(), args.minutes,
+                     results_dir)
     table(results_dir)
 
 

@@ -138,6 +138,77 @@ def test_beam_search_with_beam_one_equals_greedy(attention):
     assert wide.shape[:2] == (5, 4) and (wide_scores[:, :-1] >= wide_scores[:, 1:]).all()  # best first
 
 
+def never_special(model):
+    """An untrained model that never writes <pad>, <sos> or <unk> and ends words early, so every output it decodes
+    is a real word with its <eos>, as a trained model's are."""
+    with torch.no_grad():
+        model.decoder.output.bias[[s2s.PAD, s2s.SOS, s2s.UNK]] = -1e4
+        model.decoder.output.bias[s2s.EOS] += 2.0
+    return model.eval()
+
+
+def tiny_vocabularies(source_size=12, target_size=10):
+    """Vocabularies whose ids line up with random_batch(): specials, then one letter per id."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    return {"source": s2s.SPECIAL_TOKENS + list(letters[:source_size - 4]),
+            "target": s2s.SPECIAL_TOKENS + list(letters.upper()[:target_size - 4])}
+
+
+def test_rescoring_reproduces_the_beam_scores_and_a_single_model_ensemble():
+    torch.manual_seed(0)
+    model = never_special(s2s.Seq2Seq(tiny_config(cell="gru", attention="dot"), 12, 10))
+    vocabularies, words = tiny_vocabularies(), ["abc", "hgfe", "d", "bbbbbb", "ca"]
+    beam = s2s.transliterate(model, words, vocabularies, beam_size=3, max_length=20)
+    pairs = [(word, text) for word, options in zip(words, beam) for text, _ in options]
+    log_probs, lengths = s2s.output_log_probs(model, pairs, vocabularies)
+    # the teacher-forced score of each beam output is the log-probability the beam search accumulated for it
+    torch.testing.assert_close(torch.tensor(log_probs), torch.tensor([p for options in beam for _, p in options]))
+    assert lengths == [len(text) + 1 for _, text in pairs]  # every character and <eos>
+    alone = s2s.transliterate(s2s.Ensemble([model]), words, vocabularies, beam_size=3, max_length=20)
+    assert [[t for t, _ in options] for options in alone] == [[t for t, _ in options] for options in beam]
+
+
+def test_ensemble_ranks_the_proposals_of_all_models_by_their_mean_score():
+    torch.manual_seed(1)
+    first = never_special(s2s.Seq2Seq(tiny_config(cell="gru", attention="dot"), 12, 10))
+    second = never_special(s2s.Seq2Seq(tiny_config(cell="lstm", attention="additive", reverse_output=True), 12, 10))
+    vocabularies, words = tiny_vocabularies(), ["abc", "hgfe", "d", "abc"]
+    result = s2s.transliterate(s2s.Ensemble([first, second]), words, vocabularies, beam_size=2, max_length=20,
+                               length_penalty=0.5)
+    assert result[0] == result[3] and all(len(options) == 2 for options in result)
+    for word, options in zip(words, result):
+        proposals = {text for model in (first, second)
+                     for text, _ in s2s.transliterate(model, [word], vocabularies, 2, 20, 0.5)[0]}
+        pairs = [(word, text) for text in sorted(proposals)]
+        scores = [s2s.output_log_probs(model, pairs, vocabularies) for model in (first, second)]
+        mean = {text: sum(lp[i] / n[i] ** 0.5 for lp, n in scores) / 2 for i, (_, text) in enumerate(pairs)}
+        assert [text for text, _ in options] == sorted(mean, key=mean.get, reverse=True)[:2]
+
+
+def test_a_reversed_model_writes_backwards_and_is_read_forwards():
+    torch.manual_seed(2)
+    forwards = never_special(s2s.Seq2Seq(tiny_config(cell="lstm"), 12, 10))
+    backwards = s2s.Seq2Seq(tiny_config(cell="lstm", reverse_output=True), 12, 10).eval()
+    backwards.load_state_dict(forwards.state_dict())  # same weights: only the order of the output differs
+    vocabularies, words = tiny_vocabularies(), ["abc", "hgfe", "d"]
+    ahead = s2s.transliterate(forwards, words, vocabularies, beam_size=3, max_length=20)
+    behind = s2s.transliterate(backwards, words, vocabularies, beam_size=3, max_length=20)
+    assert [[t[::-1] for t, _ in options] for options in ahead] == [[t for t, _ in options] for options in behind]
+    pairs = [("abc", "ABCD"), ("d", "E")]
+    reversed_pairs = [(w, t[::-1]) for w, t in pairs]
+    assert s2s.output_log_probs(backwards, pairs, vocabularies) == s2s.output_log_probs(forwards, reversed_pairs,
+                                                                                        vocabularies)
+
+
+def test_linear_schedule_reaches_zero_at_the_end_of_the_budget():
+    by_epochs = tiny_config(lr_schedule="linear", learning_rate=0.01, epochs=4)
+    assert s2s.linear_learning_rate(by_epochs, {"epoch": 0, "train_seconds": 0.0}, 0.0, 0.0) == 0.01
+    assert s2s.linear_learning_rate(by_epochs, {"epoch": 2, "train_seconds": 99.0}, 5.0, 0.5) == pytest.approx(0.00375)
+    by_clock = tiny_config(lr_schedule="linear", learning_rate=0.01, max_minutes=2.0)  # 120 s of training
+    assert s2s.linear_learning_rate(by_clock, {"epoch": 3, "train_seconds": 60.0}, 30.0, 0.1) == pytest.approx(0.0025)
+    assert s2s.linear_learning_rate(by_clock, {"epoch": 9, "train_seconds": 119.0}, 5.0, 0.9) == 0.0
+
+
 def write_lexicons(folder, pairs_by_split, lang="hi"):
     """Writes native<TAB>roman<TAB>count files in the mirror's layout: folder/<lang>/<lang>.translit.sampled.*.tsv."""
     (folder / lang).mkdir(parents=True, exist_ok=True)
@@ -221,6 +292,10 @@ def test_bad_input_gets_one_clear_sentence(tmp_path):
     damaged.write_bytes((out / "best.pt").read_bytes()[:1000])
     with pytest.raises(SystemExit, match="could not read checkpoint"):
         s2s.main(["--translit", "abc", "--checkpoint", str(damaged)])
+    s2s.main(["--data_dir", str(tmp_path / "other"), "--out_dir", str(tmp_path / "out_other"), "--hidden_size", "8",
+              "--embedding_size", "4", "--epochs", "1", "--heatmaps", "0"])
+    with pytest.raises(SystemExit, match="an ensemble needs models trained on the same language and direction"):
+        s2s.main(["--translit", "abc", "--checkpoint", f"{checkpoint},{tmp_path / 'out_other' / 'best.pt'}"])
     with pytest.raises(SystemExit, match="found no hi.translit.sampled.train.tsv"):
         s2s.main(["--data_dir", str(tmp_path), "--out_dir", str(out)])
     result = subprocess.run([sys.executable, str(ROOT / "seq2seq_rnn.py"), "--translit", "abc", "--checkpoint",
@@ -241,6 +316,14 @@ def test_smoke_run_on_hindi_slice(data_dir, tmp_path):
     assert rows[1].split("\t")[1] == "अंकन"  # dev rows keep their order: first line is अंकन ankan
     results = s2s.main(["--translit", "namaste duniya", "--checkpoint", str(out / "best.pt"), "--beam_size", "3"])
     assert len(results) == 2 and all(len(options) == 3 for options in results)
+    s2s.main(["--data_dir", str(data_dir / "dakshina"), "--max_train_rows", "400", "--max_dev_rows", "30",
+              "--epochs", "1", "--hidden_size", "16", "--embedding_size", "8", "--seed", "2", "--lr_schedule", "linear",
+              "--heatmaps", "0", "--out_dir", str(tmp_path / "second")])
+    ensemble = s2s.main(["--evaluate", str(data_dir / "dakshina" / "hi" / "hi.translit.sampled.dev.tsv"),
+                         "--checkpoint", f"{out / 'best.pt'},{tmp_path / 'second' / 'best.pt'}", "--beam_size", "2",
+                         "--out_dir", str(tmp_path / "ensemble"), "--heatmaps", "1"])
+    assert 0.0 <= ensemble["word_accuracy"] <= ensemble["top_k_accuracy"]
+    assert (tmp_path / "ensemble" / "attention.png").stat().st_size > 0
     metrics = s2s.main(["--evaluate", str(data_dir / "dakshina" / "hi" / "hi.translit.sampled.dev.tsv"),
                         "--checkpoint", str(out / "best.pt"), "--beam_size", "1", "--out_dir", str(tmp_path / "ev"),
                         "--heatmaps", "0"])
