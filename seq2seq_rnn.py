@@ -14,13 +14,13 @@ References:
 Run:
   # CPU (2 cores, 10-15 minutes): Hindi romanized -> Devanagari, about 47% dev word accuracy with beam search
   python seq2seq_rnn.py --lang hi --max_minutes 20
-  # CPU, 20 minutes, about 50%: three models at once, one process each (left-to-right and right-to-left
-  # decoders), then the three together as an ensemble
+  # CPU, 20 minutes, about 50%: three models at once, one process each sharing the 2 cores (left-to-right and
+  # right-to-left decoders; download the data first, e.g. with the command above), then the three as an ensemble
   python seq2seq_rnn.py --max_minutes 20 --lr_schedule linear --threads 1 --seed 1 --out_dir out-hi/a &
   python seq2seq_rnn.py --max_minutes 20 --lr_schedule linear --threads 1 --seed 1 --reverse_output --out_dir out-hi/b &
   python seq2seq_rnn.py --max_minutes 20 --lr_schedule linear --threads 1 --seed 2 --out_dir out-hi/c &
   wait
-  python seq2seq_rnn.py --evaluate data/dakshina/hi/hi.translit.sampled.dev.tsv \
+  python seq2seq_rnn.py --evaluate data/dakshina/hi/hi.translit.sampled.dev.tsv --out_dir out-hi \
     --checkpoint out-hi/a/best.pt,out-hi/b/best.pt,out-hi/c/best.pt
   # GPU
   python seq2seq_rnn.py --lang hi --device cuda --batch_size 256 --learning_rate 3e-3
@@ -295,7 +295,7 @@ def greedy_decode(model, source, source_lengths, max_length):
 
 
 @torch.no_grad()
-def beam_search(model, source, source_lengths, beam_size, max_length, length_penalty=1.0):
+def beam_search(model, source, source_lengths, beam_size, max_length, length_penalty=0.5):
     """Keeps the beam_size best partial outputs per word, all words of the batch at once (B * K decoder rows).
 
     Hypotheses are ranked by log P(y) / len(y)**length_penalty (len counts <eos>) so that longer words are not
@@ -385,7 +385,7 @@ def download_dakshina(lang, cache_dir):
     archive = cache_dir / "dakshina_dataset_v1.0.tar"
     if not archive.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = archive.with_name(archive.name + ".part")
+        partial = archive.with_name(f"{archive.name}.{os.getpid()}.part")  # per process: runs may start together
         print(f"downloading {DAKSHINA_URL} (about 2 GB, once) to {archive}")
         try:
             with urllib.request.urlopen(DAKSHINA_URL, timeout=60) as response, open(partial, "wb") as file:
@@ -508,8 +508,8 @@ class Ensemble(nn.Module):
     """Several trained models that transliterate together by rescoring each other's proposals.
 
     Each model proposes its beam's best outputs; every model then scores every proposal with one teacher-forced
-    pass (log P(output | input), the training loss read the other way), and the proposals are ranked by the models'
-    mean score per character. Models trained from other seeds make partly different mistakes, and a left-to-right
+    pass (log P(output | input), summed over its characters), and the proposals are ranked by the models' mean of
+    log P / length**length_penalty. Models trained from other seeds make partly different mistakes, and a left-to-right
     and a right-to-left model (--reverse_output) differ most: one commits to the start of a word before it has
     written the end, the other the other way round. The models must share the character vocabularies.
     """
@@ -541,7 +541,7 @@ def output_log_probs(model, pairs, vocabularies, batch_size=512):
     return log_probs, lengths
 
 
-def ensemble_transliterate(ensemble, words, vocabularies, beam_size, max_length, length_penalty=1.0):
+def ensemble_transliterate(ensemble, words, vocabularies, beam_size, max_length, length_penalty=0.5):
     """Proposals from every model's beam, ranked by the mean over models of log P / length**length_penalty."""
     distinct = list(dict.fromkeys(words))
     proposals = {word: {} for word in distinct}  # a dict keeps each proposal once, in order
@@ -563,7 +563,7 @@ def ensemble_transliterate(ensemble, words, vocabularies, beam_size, max_length,
 
 
 @torch.no_grad()
-def transliterate(model, words, vocabularies, beam_size, max_length, length_penalty=1.0, batch_size=256):
+def transliterate(model, words, vocabularies, beam_size, max_length, length_penalty=0.5, batch_size=256):
     """Returns, per word, a list of (candidate, log-probability) best first; greedy when beam_size is 1."""
     if isinstance(model, Ensemble):
         return ensemble_transliterate(model, words, vocabularies, beam_size, max_length, length_penalty)
@@ -676,7 +676,7 @@ def write_atomically(path, data):
     """Writes bytes to a temporary file and renames it, so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     temporary.write_bytes(data)
     os.replace(temporary, path)
 
@@ -708,9 +708,10 @@ def model_from_checkpoint(checkpoint, given, device):
     """Rebuilds the model a checkpoint was trained with; model options given on the command line must agree."""
     config = Config(**{**checkpoint["config"], **{k: v for k, v in given.items() if k not in MODEL_FIELDS}})
     for name in MODEL_FIELDS:
-        if name in given and given[name] != checkpoint["config"][name]:
-            raise SystemExit(f"the checkpoint was trained with --{name} {checkpoint['config'][name]}, not "
-                             f"{given[name]}; drop --{name} or train a new model.")
+        trained_with = checkpoint["config"].get(name, getattr(Config, name))  # older checkpoints lack newer fields
+        if name in given and given[name] != trained_with:
+            raise SystemExit(f"the checkpoint was trained with --{name} {trained_with}, not {given[name]}; drop "
+                             f"--{name} or train a new model.")
     vocabularies = checkpoint["vocabularies"]
     model = Seq2Seq(config, len(vocabularies["source"]), len(vocabularies["target"])).to(device)
     try:
@@ -745,13 +746,13 @@ def dev_accuracy(model, pairs, vocabularies, config):
 
 
 def linear_learning_rate(config, progress, seconds_into_epoch, fraction_of_epoch):
-    """Linear decay from --learning_rate to zero over the whole run: over the --max_minutes clock when there is one
-    (so the last step of the budget is taken at a learning rate near zero however fast the machine is), else over
-    --epochs. Budgeted training favours this shape (Li, Yumer, Ramanan 2020, https://arxiv.org/abs/1905.04753)."""
+    """Linear decay from --learning_rate to zero over the whole run: over --epochs, or over the --max_minutes clock
+    if that ends first (so a time-limited run ends near zero on a slow machine and a fast one alike: within the share
+    of one epoch, since training stops at an epoch's end). Budgeted training favours this shape (Li, Yumer, Ramanan
+    2020, https://arxiv.org/abs/1905.04753)."""
+    done = (progress["epoch"] + fraction_of_epoch) / config.epochs
     if config.max_minutes:
-        done = (progress["train_seconds"] + seconds_into_epoch) / (60 * config.max_minutes)
-    else:
-        done = (progress["epoch"] + fraction_of_epoch) / config.epochs
+        done = max(done, (progress["train_seconds"] + seconds_into_epoch) / (60 * config.max_minutes))
     return config.learning_rate * max(0.0, 1.0 - done)
 
 
@@ -924,6 +925,7 @@ def main(argv=None):
         results = transliterate(model, config.translit.split(), vocabularies, config.beam_size,
                                 config.max_output_length, config.length_penalty)
         for word, options in zip(config.translit.split(), results):
+            # P(word) for one model; for an ensemble the geometric mean of the models' P(word)
             print(f"{word}: " + "  ".join(f"{text} ({math.exp(score):.2f})" for text, score in options))
         return results
     pairs = read_lexicon(config.evaluate, config.direction)

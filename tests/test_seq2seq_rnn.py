@@ -207,6 +207,9 @@ def test_linear_schedule_reaches_zero_at_the_end_of_the_budget():
     by_clock = tiny_config(lr_schedule="linear", learning_rate=0.01, max_minutes=2.0)  # 120 s of training
     assert s2s.linear_learning_rate(by_clock, {"epoch": 3, "train_seconds": 60.0}, 30.0, 0.1) == pytest.approx(0.0025)
     assert s2s.linear_learning_rate(by_clock, {"epoch": 9, "train_seconds": 119.0}, 5.0, 0.9) == 0.0
+    epochs_first = tiny_config(lr_schedule="linear", learning_rate=0.01, epochs=4, max_minutes=100.0)
+    progress = {"epoch": 2, "train_seconds": 60.0}  # 62.5% of the epochs, 1% of the clock: the epochs decide
+    assert s2s.linear_learning_rate(epochs_first, progress, 5.0, 0.5) == pytest.approx(0.00375)
 
 
 def write_lexicons(folder, pairs_by_split, lang="hi"):
