@@ -622,7 +622,8 @@ def save_attention_heatmaps(model, words, vocabularies, path, max_length):
     characters = "".join(words) + "".join(outputs)
     font_path = find_font(characters)
     if font_path is None:
-        print(f"no installed font has glyphs for every character of {outputs[0]!r}, so {path} labels them by code "
+        first = outputs[0][::-1] if model.config.reverse_output else outputs[0]  # in reading order
+        print(f"no installed font has glyphs for every character of {first!r}, so {path} labels them by code "
               f"point; install a Noto Sans font for this script (Debian/Ubuntu: fonts-noto) to see the characters")
     font = FontProperties(fname=font_path) if font_path else None
     label = (lambda c: c) if font_path else (lambda c: c if c.isascii() else f"U+{ord(c):04X}")
