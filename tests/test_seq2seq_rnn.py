@@ -212,6 +212,21 @@ def test_linear_schedule_reaches_zero_at_the_end_of_the_budget():
     assert s2s.linear_learning_rate(epochs_first, progress, 5.0, 0.5) == pytest.approx(0.00375)
 
 
+def test_weight_average_follows_its_formula():
+    model = s2s.Seq2Seq(tiny_config(), 8, 8)
+    averaged = s2s.copy.deepcopy(model)
+    start = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    s2s.update_average(averaged, model, 0.999, step=0)  # warm-up: decay min(0.999, 1 / 10) = 0.1
+    for average, initial in zip(averaged.parameters(), start):
+        torch.testing.assert_close(average, 0.1 * initial + 0.9 * (initial + 1))
+    s2s.update_average(averaged, model, 0.5, step=10_000)  # past the warm-up: the decay given
+    for average, initial in zip(averaged.parameters(), start):
+        torch.testing.assert_close(average, 0.5 * (0.1 * initial + 0.9 * (initial + 1)) + 0.5 * (initial + 1))
+
+
 def write_lexicons(folder, pairs_by_split, lang="hi"):
     """Writes native<TAB>roman<TAB>count files in the mirror's layout: folder/<lang>/<lang>.translit.sampled.*.tsv."""
     (folder / lang).mkdir(parents=True, exist_ok=True)
@@ -267,8 +282,9 @@ def test_resume_continues_exactly(tmp_path):
     straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
     split = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
     assert split["progress"]["epoch"] == straight["progress"]["epoch"] == 2
-    for name, tensor in straight["model"].items():
-        assert torch.equal(tensor, split["model"][name]), name
+    for key in ("model", "averaged_model"):  # the weights and their moving average
+        for name, tensor in straight[key].items():
+            assert torch.equal(tensor, split[key][name]), (key, name)
 
 
 def test_bad_input_gets_one_clear_sentence(tmp_path):
