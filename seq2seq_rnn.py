@@ -12,7 +12,7 @@ References:
   https://arxiv.org/abs/2007.01176 (data: https://github.com/google-research-datasets/dakshina)
 
 Run:
-  # CPU (2 cores, 10-15 minutes): Hindi romanized -> Devanagari, about 47% dev word accuracy with beam search
+  # CPU (2 cores, 8-15 minutes): Hindi romanized -> Devanagari, about 48% dev word accuracy with beam search
   python seq2seq_rnn.py --lang hi --max_minutes 20
   # CPU, 20 minutes, about 50%: three models at once, one process each sharing the 2 cores (left-to-right and
   # right-to-left decoders; download the data first, e.g. with the command above), then the three as an ensemble
