@@ -790,7 +790,6 @@ def train(config, given):
                 "train_seconds": 0.0, "learning_rate": config.learning_rate}
     model = Seq2Seq(config, len(vocabularies["source"]), len(vocabularies["target"])).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    averaged = copy.deepcopy(model) if config.average_decay else None  # None: dev and best.pt use the weights as is
     if config.resume:
         checkpoint = load_checkpoint(out_dir / "last.pt")
         if checkpoint["vocabularies"] != vocabularies:
@@ -799,14 +798,14 @@ def train(config, given):
         model, config, vocabularies = model_from_checkpoint(checkpoint, given, device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
         optimizer.load_state_dict(checkpoint["optimizer"])
-        averaged = copy.deepcopy(model) if config.average_decay else None
-        if averaged is not None and "averaged_model" in checkpoint:
-            averaged.load_state_dict(checkpoint["averaged_model"])
         progress = checkpoint["progress"]
         torch.set_rng_state(checkpoint["torch_rng"])
         generator.set_state(checkpoint["batch_rng"])
         print(f"resuming after epoch {progress['epoch']} ({progress['train_seconds'] / 60:.1f} min trained, best dev "
               f"accuracy {progress['best_dev_accuracy']:.2%})")
+    averaged = copy.deepcopy(model) if config.average_decay else None  # None: dev and best.pt use the weights as is
+    if averaged is not None and config.resume and "averaged_model" in checkpoint:
+        averaged.load_state_dict(checkpoint["averaged_model"])
     source_stoi = {c: i for i, c in enumerate(vocabularies["source"])}
     target_stoi = {c: i for i, c in enumerate(vocabularies["target"])}
     if config.reverse_output:  # a right-to-left model learns each word backwards; transliterate() turns it round
@@ -937,6 +936,9 @@ def main(argv=None):
     for name in ("hidden_size", "embedding_size", "encoder_layers", "decoder_layers", "batch_size", "epochs"):
         if getattr(config, name) < 1:
             raise SystemExit(f"--{name} must be at least 1, not {getattr(config, name)}.")
+    if not 0 <= config.average_decay < 1:
+        raise SystemExit(f"--average_decay must be at least 0 (off) and below 1 (e.g. 0.999), not "
+                         f"{config.average_decay}.")
     if not 0.0 <= config.dropout < 1.0 or not 0.0 <= config.teacher_forcing <= 1.0:
         raise SystemExit("--dropout must be in [0, 1) and --teacher_forcing in [0, 1].")
     torch.set_num_threads(config.threads or os.cpu_count() or 1)

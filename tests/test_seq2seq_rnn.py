@@ -300,6 +300,8 @@ def test_bad_input_gets_one_clear_sentence(tmp_path):
     bad.write_text("\n", encoding="utf-8")
     with pytest.raises(SystemExit, match="has no lexicon lines"):
         s2s.main(["--evaluate", str(bad), "--checkpoint", checkpoint])
+    with pytest.raises(SystemExit, match="--average_decay must be at least 0"):
+        s2s.main(["--average_decay", "1.0", "--epochs", "1"])
     with pytest.raises(SystemExit, match="--beam_size must be at least 1"):
         s2s.main(["--translit", "abc", "--checkpoint", checkpoint, "--beam_size", "0"])
     with pytest.raises(SystemExit, match="trained with --cell lstm, not gru"):
