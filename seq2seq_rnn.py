@@ -7,7 +7,8 @@ looking back at every input character through attention. Trained on Google's Dak
 References:
   Sutskever, Vinyals, Le 2014, "Sequence to Sequence Learning with Neural Networks", https://arxiv.org/abs/1409.3215
   Bahdanau, Cho, Bengio 2015 (additive attention), https://arxiv.org/abs/1409.0473
-  Luong, Pham, Manning 2015 (dot attention, attentional hidden state, eq. 5-8), https://arxiv.org/abs/1508.04025
+  Luong, Pham, Manning 2015 (dot attention, attentional hidden state, eq. 5-8, input feeding section 3.3),
+  https://arxiv.org/abs/1508.04025
   Roark et al. 2020, "Processing South Asian Languages Written in the Latin Script: the Dakshina Dataset",
   https://arxiv.org/abs/2007.01176 (data: https://github.com/google-research-datasets/dakshina)
 
@@ -72,6 +73,7 @@ class Config:
     bidirectional: bool = True  # encoder reads the word both ways
     dropout: float = 0.2  # dropout on embeddings, between layers and before the output layer
     attention: str = "dot"  # none, dot (Luong) or additive (Bahdanau)
+    input_feeding: bool = False  # each decoder step also reads the previous step's attentional state (needs attention)
     reverse_output: bool = False  # the decoder writes each output word backwards, last character first
     # training
     epochs: int = 40  # most passes over the training split
@@ -106,7 +108,9 @@ SPECIAL_TOKENS = ["<pad>", "<sos>", "<eos>", "<unk>"]
 CHECKPOINT_FORMAT = "nanoverse-seq2seq-rnn-v1"
 # Fields that fix the shape of the network: a checkpoint can only be loaded into a model built with the same values.
 MODEL_FIELDS = ("lang", "direction", "cell", "embedding_size", "hidden_size", "encoder_layers", "decoder_layers",
-                "bidirectional", "attention", "reverse_output")
+                "bidirectional", "attention", "input_feeding", "reverse_output")
+# What a checkpoint saved before a field existed was trained with, where that differs from today's default.
+OLDER_CHECKPOINT_VALUES = {"input_feeding": False}
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Model: recurrent layers, encoder, bridge (encoder state -> decoder state), attention, decoder, the whole model.
@@ -208,23 +212,42 @@ class Decoder(nn.Module):
     def __init__(self, config, vocab_size):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, config.embedding_size, padding_idx=PAD)
-        self.rnn = make_rnn(config.cell, config.embedding_size, config.hidden_size, config.decoder_layers,
-                            config.dropout)
+        self.input_feeding = config.input_feeding
+        rnn_input_size = config.embedding_size + (config.hidden_size if config.input_feeding else 0)
+        self.rnn = make_rnn(config.cell, rnn_input_size, config.hidden_size, config.decoder_layers, config.dropout)
         self.attention = Attention(config.attention, config.hidden_size) if config.attention != "none" else None
         # Luong eq. 5: the attentional hidden state tanh(W_c [context; h_t]) feeds the output layer.
         self.combine = nn.Linear(2 * config.hidden_size, config.hidden_size) if self.attention else None
         self.dropout = nn.Dropout(config.dropout)
         self.output = nn.Linear(config.hidden_size, vocab_size)
 
+    def attend(self, outputs, memory, keys, memory_mask):
+        if self.attention is None:
+            return outputs, None
+        context, weights = self.attention(outputs, keys, memory, memory_mask)
+        return torch.tanh(self.combine(torch.cat([context, outputs], dim=-1))), weights
+
     def forward(self, previous_tokens, state, memory, keys, memory_mask):
         """Runs T steps at once. Teacher forcing knows every input in advance (T = target length); free-running
         decoding feeds back its own guesses, one step at a time (T = 1)."""
         embedded = self.dropout(self.embedding(previous_tokens))  # (B, T, E)
-        outputs, state = self.rnn(embedded, state)  # (B, T, H)
-        weights = None
-        if self.attention is not None:
-            context, weights = self.attention(outputs, keys, memory, memory_mask)
-            outputs = torch.tanh(self.combine(torch.cat([context, outputs], dim=-1)))
+        if not self.input_feeding:  # the RNN never needs attention's result: the whole target in one call
+            outputs, state = self.rnn(embedded, state)  # (B, T, H)
+            outputs, weights = self.attend(outputs, memory, keys, memory_mask)
+        else:
+            # Input feeding (Luong et al. 2015, section 3.3): step t's RNN input is its character together with the
+            # attentional state of step t - 1, so the RNN knows where it looked last (the next character of a
+            # transliteration usually comes from just after it). The state carries that vector as a (1, B, H) tensor;
+            # the price is a Python loop over the T steps.
+            state, feed = state
+            outputs, weights = [], []
+            for t in range(embedded.size(1)):
+                output, state = self.rnn(torch.cat([embedded[:, t:t + 1], feed.transpose(0, 1)], dim=-1), state)
+                output, step_weights = self.attend(output, memory, keys, memory_mask)  # (B, 1, H), (B, 1, S)
+                feed = output.transpose(0, 1)
+                outputs.append(output)
+                weights.append(step_weights)
+            outputs, weights, state = torch.cat(outputs, dim=1), torch.cat(weights, dim=1), (state, feed)
         logits = self.output(self.dropout(outputs))  # (B, T, V); the softmax is inside the loss / log_softmax
         return logits, state, weights
 
@@ -246,7 +269,10 @@ class Seq2Seq(nn.Module):
         memory = self.memory_projection(outputs)  # (B, S, H)
         memory_mask = torch.arange(source.size(1), device=source.device)[None, :] < source_lengths[:, None]
         keys = self.decoder.attention.keys(memory) if self.decoder.attention is not None else None
-        return memory, keys, memory_mask, self.bridge(final_state)
+        state = self.bridge(final_state)
+        if self.config.input_feeding:  # before the first step there is no attentional state yet: zeros
+            state = (state, memory.new_zeros(1, source.size(0), self.config.hidden_size))
+        return memory, keys, memory_mask, state
 
     def forward(self, source, source_lengths, target_inputs, teacher_forcing=1.0):
         memory, keys, memory_mask, state = self.encode(source, source_lengths)
@@ -271,9 +297,10 @@ def sequence_loss(logits, targets, label_smoothing=0.0):
 
 
 def select_state(state, rows):
-    """Picks rows of the decoder state (dim 1) for beam search; the LSTM state is a pair."""
+    """Picks rows of the decoder state (dim 1) for beam search; the LSTM state is a pair, and input feeding pairs the
+    RNN state with the last attentional state."""
     if isinstance(state, tuple):
-        return tuple(s.index_select(1, rows) for s in state)
+        return tuple(select_state(s, rows) for s in state)
     return state.index_select(1, rows)
 
 
@@ -711,9 +738,10 @@ def load_checkpoint(path):
 
 def model_from_checkpoint(checkpoint, given, device):
     """Rebuilds the model a checkpoint was trained with; model options given on the command line must agree."""
-    config = Config(**{**checkpoint["config"], **{k: v for k, v in given.items() if k not in MODEL_FIELDS}})
+    saved = {**OLDER_CHECKPOINT_VALUES, **checkpoint["config"]}
+    config = Config(**{**saved, **{k: v for k, v in given.items() if k not in MODEL_FIELDS}})
     for name in MODEL_FIELDS:
-        trained_with = checkpoint["config"].get(name, getattr(Config, name))  # older checkpoints lack newer fields
+        trained_with = saved.get(name, getattr(Config, name))  # older checkpoints lack newer fields
         if name in given and given[name] != trained_with:
             raise SystemExit(f"the checkpoint was trained with --{name} {trained_with}, not {given[name]}; drop "
                              f"--{name} or train a new model.")
@@ -941,6 +969,8 @@ def main(argv=None):
                          f"{config.average_decay}.")
     if not 0.0 <= config.dropout < 1.0 or not 0.0 <= config.teacher_forcing <= 1.0:
         raise SystemExit("--dropout must be in [0, 1) and --teacher_forcing in [0, 1].")
+    if config.input_feeding and config.attention == "none" and not (config.evaluate or config.translit):
+        raise SystemExit("--input_feeding feeds the attentional state back, so it needs --attention dot or additive.")
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     if not (config.evaluate or config.translit):
         return train(config, given)

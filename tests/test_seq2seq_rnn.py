@@ -32,8 +32,12 @@ def random_batch(batch_size=5, source_vocab=12, target_vocab=10, lengths=(7, 3, 
 @pytest.mark.parametrize("attention", ["none", "dot", "additive"])
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_every_cell_runs_forward_and_backward(cell, attention, bidirectional):
-    config = tiny_config(cell=cell, attention=attention, bidirectional=bidirectional, encoder_layers=2,
-                         decoder_layers=1 if bidirectional else 3, dropout=0.1)
+    check_forward_and_backward(tiny_config(cell=cell, attention=attention, bidirectional=bidirectional,
+                                           encoder_layers=2, decoder_layers=1 if bidirectional else 3, dropout=0.1))
+
+
+def check_forward_and_backward(config):
+    """Logits of the right shape, a finite gradient for every parameter, and scheduled sampling runs too."""
     model = s2s.Seq2Seq(config, 12, 10)
     source, lengths, target_inputs = random_batch()
     logits = model(source, lengths, target_inputs)
@@ -42,6 +46,29 @@ def test_every_cell_runs_forward_and_backward(cell, attention, bidirectional):
     for name, parameter in model.named_parameters():
         assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
     assert (model(source, lengths, target_inputs, teacher_forcing=0.5).shape == logits.shape)
+    return model
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("attention", ["dot", "additive"])
+def test_input_feeding_runs_forward_and_backward(cell, attention):
+    config = tiny_config(cell=cell, attention=attention, input_feeding=True, decoder_layers=2, dropout=0.1)
+    model = check_forward_and_backward(config)
+    assert model.decoder.rnn.input_size == config.embedding_size + config.hidden_size
+
+
+def test_input_feeding_reads_the_previous_attentional_state():
+    """Changing only the attentional state fed in at the start changes the first step's output; without input
+    feeding the decoder has no such input."""
+    torch.manual_seed(0)
+    model = s2s.Seq2Seq(tiny_config(cell="lstm", attention="dot", input_feeding=True), 12, 10).eval()
+    source, lengths, target_inputs = random_batch()
+    memory, keys, mask, (rnn_state, feed) = model.encode(source, lengths)
+    assert feed.shape == (1, 5, 32) and not feed.any()  # zeros before the first step
+    first, (_, after), _ = model.decoder(target_inputs[:, :1], (rnn_state, feed), memory, keys, mask)
+    other, _, _ = model.decoder(target_inputs[:, :1], (rnn_state, torch.ones_like(feed)), memory, keys, mask)
+    assert not torch.allclose(first, other)
+    assert after.shape == feed.shape and after.abs().max() <= 1  # a tanh output, the next step's input
 
 
 @pytest.mark.parametrize("encoder_layers, decoder_layers, expected", [(3, 2, [1, 2]), (2, 3, [0, 1, 1]),
@@ -113,8 +140,10 @@ def test_packing_gives_the_outputs_of_unpadded_sequences(cell):
         assert (outputs[row, length:] == 0).all()
 
 
-def test_decoder_step_by_step_equals_whole_sequence():
-    model = s2s.Seq2Seq(tiny_config(cell="lstm", attention="dot", decoder_layers=2), 12, 10).eval()
+@pytest.mark.parametrize("input_feeding", [False, True])
+def test_decoder_step_by_step_equals_whole_sequence(input_feeding):
+    model = s2s.Seq2Seq(tiny_config(cell="lstm", attention="dot", decoder_layers=2, input_feeding=input_feeding),
+                        12, 10).eval()
     source, lengths, target_inputs = random_batch()
     memory, keys, mask, state = model.encode(source, lengths)
     whole, _, _ = model.decoder(target_inputs, state, memory, keys, mask)
@@ -125,9 +154,9 @@ def test_decoder_step_by_step_equals_whole_sequence():
     torch.testing.assert_close(torch.cat(steps, 1), whole, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("attention", ["none", "dot"])
-def test_beam_search_with_beam_one_equals_greedy(attention):
-    model = s2s.Seq2Seq(tiny_config(cell="gru", attention=attention), 12, 10).eval()
+@pytest.mark.parametrize("attention, input_feeding", [("none", False), ("dot", False), ("dot", True)])
+def test_beam_search_with_beam_one_equals_greedy(attention, input_feeding):
+    model = s2s.Seq2Seq(tiny_config(cell="gru", attention=attention, input_feeding=input_feeding), 12, 10).eval()
     source, lengths, _ = random_batch()
     greedy, _ = s2s.greedy_decode(model, source, lengths, max_length=12)
     beam, scores, _ = s2s.beam_search(model, source, lengths, beam_size=1, max_length=12)
@@ -154,9 +183,10 @@ def tiny_vocabularies(source_size=12, target_size=10):
             "target": s2s.SPECIAL_TOKENS + list(letters.upper()[:target_size - 4])}
 
 
-def test_rescoring_reproduces_the_beam_scores_and_a_single_model_ensemble():
+@pytest.mark.parametrize("input_feeding", [False, True])
+def test_rescoring_reproduces_the_beam_scores_and_a_single_model_ensemble(input_feeding):
     torch.manual_seed(0)
-    model = never_special(s2s.Seq2Seq(tiny_config(cell="gru", attention="dot"), 12, 10))
+    model = never_special(s2s.Seq2Seq(tiny_config(cell="gru", attention="dot", input_feeding=input_feeding), 12, 10))
     vocabularies, words = tiny_vocabularies(), ["abc", "hgfe", "d", "bbbbbb", "ca"]
     beam = s2s.transliterate(model, words, vocabularies, beam_size=3, max_length=20)
     pairs = [(word, text) for word, options in zip(words, beam) for text, _ in options]
@@ -306,6 +336,12 @@ def test_bad_input_gets_one_clear_sentence(tmp_path):
         s2s.main(["--translit", "abc", "--checkpoint", checkpoint, "--beam_size", "0"])
     with pytest.raises(SystemExit, match="trained with --cell lstm, not gru"):
         s2s.main(["--translit", "abc", "--checkpoint", checkpoint, "--cell", "gru"])
+    with pytest.raises(SystemExit, match="--input_feeding feeds the attentional state back, so it needs"):
+        s2s.main(["--attention", "none", "--input_feeding", "--epochs", "1"])
+    older = torch.load(checkpoint, weights_only=True)  # a checkpoint saved before --input_feeding existed
+    del older["config"]["input_feeding"]
+    torch.save(older, tmp_path / "older.pt")
+    assert len(s2s.main(["--translit", "abc", "--checkpoint", str(tmp_path / "older.pt")])) == 1
     write_lexicons(tmp_path / "other", {"train": [("xyz", "q")], "dev": [("xyz", "q")]})
     with pytest.raises(SystemExit, match="another vocabulary"):
         s2s.main(["--data_dir", str(tmp_path / "other"), "--out_dir", str(out), "--resume"])
