@@ -4,7 +4,8 @@ GPT-2 small's shape (124M parameters, random weights saved once and loaded by bo
   - one training step (forward, loss, backward, AdamW update) in float32 (and with bfloat16 autocast: --bf16);
   - greedy generation of 128 new tokens after a 16-token prompt (batch 1, KV cache).
   - the floor under generation: per token, only one matrix-vector product per weight matrix (each weight read once,
-    the memory-bandwidth bound of any float32 decoder), with the output layer in both memory orders.
+    the memory-bandwidth bound of any float32 decoder), with the output layer in both memory orders, and with every
+    matrix stored (in, out) as GPT-2's own Conv1D layers store theirs.
 Both sides must produce the same outputs: the same losses step after step (so the same updates) and the same tokens.
 Each measurement runs in its own process, so its peak memory (maximum resident set size) is its own.
 
@@ -105,23 +106,29 @@ def generate_worker(side, folder, new_tokens, device):
 
 
 @torch.no_grad()
-def floor_worker(folder, new_tokens, device, transposed_head):
+def floor_worker(folder, new_tokens, device, transposed_head, transposed_blocks):
     """The least work one decoded token needs at batch 1: one matrix-vector product per weight matrix (four per block,
     plus the 50257 x 768 output layer), nothing else. Every weight is read from memory once per token, so this is the
     memory-bandwidth floor of any float32 decoder on these weights. transposed_head: the output layer stored (768, V),
-    read as x @ W, instead of (V, 768) through F.linear; the same sums, another memory order."""
+    read as x @ W, instead of (V, 768) through F.linear; transposed_blocks: the same for the blocks' matrices. The
+    same sums either way, in another memory order."""
     import finetune_gpt2 as ft
 
     model = ft.load_hf_folder(folder).to(device)
     matrices = [module.weight for name, module in model.named_modules()
                 if isinstance(module, torch.nn.Linear) and name != "lm_head"]
+    if transposed_blocks:
+        matrices = [weight.t().contiguous() for weight in matrices]  # (in, out)
     head = model.lm_head.weight.t().contiguous() if transposed_head else model.lm_head.weight
     x = torch.randn(1, model.config.n_embd, device=device)
-    inputs = {n: torch.randn(1, n, device=device) for n in {w.shape[1] for w in matrices}}
+    inputs = {n: torch.randn(1, n, device=device) for w in matrices for n in w.shape}
 
     def one_token():
         for weight in matrices:
-            torch.nn.functional.linear(inputs[weight.shape[1]], weight)
+            if transposed_blocks:
+                inputs[weight.shape[0]] @ weight
+            else:
+                torch.nn.functional.linear(inputs[weight.shape[1]], weight)
         return (x @ head if transposed_head else torch.nn.functional.linear(x, head)).argmax()
 
     for _ in range(3):
@@ -143,7 +150,8 @@ def worker(args):
     if args.task == "generate":
         result = generate_worker(args.side, args.folder, args.new_tokens, device)
     elif args.task.startswith("floor"):
-        result = floor_worker(args.folder, args.new_tokens, device, args.task == "floor-transposed")
+        result = floor_worker(args.folder, args.new_tokens, device, args.task != "floor",
+                              args.task == "floor-all-transposed")
     else:
         result = train_worker(args.side, args.folder, args.task.split("-")[1], args.steps, device, args.fused)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else \
@@ -195,7 +203,8 @@ def main():
     tasks = [("train-float32", "transformers", False), ("train-float32", "transformers + fused AdamW", True),
              ("train-float32", "finetune_gpt2", False), ("generate", "transformers", False),
              ("generate", "finetune_gpt2", False), ("floor", "matrix-vector products only", False),
-             ("floor-transposed", "matrix-vector products only", False)]
+             ("floor-transposed", "matrix-vector products only", False),
+             ("floor-all-transposed", "matrix-vector products only", False)]
     if args.bf16:
         tasks[3:3] = [("train-bfloat16", "transformers", False), ("train-bfloat16", "finetune_gpt2", False)]
     results = {}
