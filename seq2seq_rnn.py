@@ -109,7 +109,8 @@ CHECKPOINT_FORMAT = "nanoverse-seq2seq-rnn-v1"
 # Fields that fix the shape of the network: a checkpoint can only be loaded into a model built with the same values.
 MODEL_FIELDS = ("lang", "direction", "cell", "embedding_size", "hidden_size", "encoder_layers", "decoder_layers",
                 "bidirectional", "attention", "input_feeding", "reverse_output")
-# What a checkpoint saved before a field existed was trained with, where that differs from today's default.
+# What a checkpoint saved before a field existed was trained with; pinned here, not read from Config, so that a later
+# change of a default cannot make old checkpoints build the wrong model.
 OLDER_CHECKPOINT_VALUES = {"input_feeding": False}
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -181,7 +182,7 @@ class Attention(nn.Module):
 
     dot (Luong et al. 2015, eq. 8): score = h_t . m_s. additive (Bahdanau et al. 2015, eq. 6, Luong's "concat"):
     score = v . tanh(W h_t + U m_s). Here both score the decoder's current output h_t (Luong's order), so a whole
-    teacher-forced target can go through the decoder RNN in one call.
+    teacher-forced target can go through the decoder RNN in one call (unless input feeding, see Decoder).
     """
 
     def __init__(self, kind, hidden_size):
@@ -213,6 +214,8 @@ class Decoder(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, config.embedding_size, padding_idx=PAD)
         self.input_feeding = config.input_feeding
+        if config.input_feeding and config.attention == "none":
+            raise ValueError("input feeding feeds the attentional state back, so it needs attention (dot or additive)")
         rnn_input_size = config.embedding_size + (config.hidden_size if config.input_feeding else 0)
         self.rnn = make_rnn(config.cell, rnn_input_size, config.hidden_size, config.decoder_layers, config.dropout)
         self.attention = Attention(config.attention, config.hidden_size) if config.attention != "none" else None
@@ -228,8 +231,8 @@ class Decoder(nn.Module):
         return torch.tanh(self.combine(torch.cat([context, outputs], dim=-1))), weights
 
     def forward(self, previous_tokens, state, memory, keys, memory_mask):
-        """Runs T steps at once. Teacher forcing knows every input in advance (T = target length); free-running
-        decoding feeds back its own guesses, one step at a time (T = 1)."""
+        """Runs T steps. Teacher forcing knows every input in advance (T = target length); free-running decoding
+        feeds back its own guesses, one step at a time (T = 1)."""
         embedded = self.dropout(self.embedding(previous_tokens))  # (B, T, E)
         if not self.input_feeding:  # the RNN never needs attention's result: the whole target in one call
             outputs, state = self.rnn(embedded, state)  # (B, T, H)
@@ -237,17 +240,19 @@ class Decoder(nn.Module):
         else:
             # Input feeding (Luong et al. 2015, section 3.3): step t's RNN input is its character together with the
             # attentional state of step t - 1, so the RNN knows where it looked last (the next character of a
-            # transliteration usually comes from just after it). The state carries that vector as a (1, B, H) tensor;
-            # the price is a Python loop over the T steps.
-            state, feed = state
+            # transliteration usually comes from just after it). The state carries that vector as a (1, B, H) tensor,
+            # batch in dim 1 like the RNN's own state, so beam search picks its rows the same way (select_state).
+            # The price is a Python loop over the T steps.
+            rnn_state, feed = state
             outputs, weights = [], []
             for t in range(embedded.size(1)):
-                output, state = self.rnn(torch.cat([embedded[:, t:t + 1], feed.transpose(0, 1)], dim=-1), state)
+                output, rnn_state = self.rnn(torch.cat([embedded[:, t:t + 1], feed.transpose(0, 1)], dim=-1),
+                                             rnn_state)
                 output, step_weights = self.attend(output, memory, keys, memory_mask)  # (B, 1, H), (B, 1, S)
                 feed = output.transpose(0, 1)
                 outputs.append(output)
                 weights.append(step_weights)
-            outputs, weights, state = torch.cat(outputs, dim=1), torch.cat(weights, dim=1), (state, feed)
+            outputs, weights, state = torch.cat(outputs, dim=1), torch.cat(weights, dim=1), (rnn_state, feed)
         logits = self.output(self.dropout(outputs))  # (B, T, V); the softmax is inside the loss / log_softmax
         return logits, state, weights
 
@@ -736,6 +741,13 @@ def load_checkpoint(path):
     return checkpoint
 
 
+def as_option(name, value):
+    """How the command line spells a setting: --cell gru, --bidirectional, --no-bidirectional."""
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no-{name}"
+    return f"--{name} {value}"
+
+
 def model_from_checkpoint(checkpoint, given, device):
     """Rebuilds the model a checkpoint was trained with; model options given on the command line must agree."""
     saved = {**OLDER_CHECKPOINT_VALUES, **checkpoint["config"]}
@@ -743,8 +755,8 @@ def model_from_checkpoint(checkpoint, given, device):
     for name in MODEL_FIELDS:
         trained_with = saved.get(name, getattr(Config, name))  # older checkpoints lack newer fields
         if name in given and given[name] != trained_with:
-            raise SystemExit(f"the checkpoint was trained with --{name} {trained_with}, not {given[name]}; drop "
-                             f"--{name} or train a new model.")
+            raise SystemExit(f"the checkpoint was trained with {as_option(name, trained_with)}, not "
+                             f"{as_option(name, given[name])}; drop that option or train a new model.")
     vocabularies = checkpoint["vocabularies"]
     model = Seq2Seq(config, len(vocabularies["source"]), len(vocabularies["target"])).to(device)
     try:
@@ -961,7 +973,8 @@ def main(argv=None):
     config, given = parse_config(argv)
     if config.beam_size < 1:
         raise SystemExit(f"--beam_size must be at least 1 (1 is greedy decoding), not {config.beam_size}.")
-    for name in ("hidden_size", "embedding_size", "encoder_layers", "decoder_layers", "batch_size", "epochs"):
+    for name in ("hidden_size", "embedding_size", "encoder_layers", "decoder_layers", "batch_size", "epochs",
+                 "max_output_length"):
         if getattr(config, name) < 1:
             raise SystemExit(f"--{name} must be at least 1, not {getattr(config, name)}.")
     if not 0 <= config.average_decay < 1:

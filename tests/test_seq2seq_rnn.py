@@ -167,6 +167,28 @@ def test_beam_search_with_beam_one_equals_greedy(attention, input_feeding):
     assert wide.shape[:2] == (5, 4) and (wide_scores[:, :-1] >= wide_scores[:, 1:]).all()  # best first
 
 
+@pytest.mark.parametrize("cell, input_feeding", [("lstm", False), ("lstm", True), ("gru", True), ("rnn", True)])
+def test_beam_scores_equal_teacher_forced_scores(cell, input_feeding):
+    """Every hypothesis of a wide beam, scored again in one teacher-forced pass, gets the log-probability the beam
+    accumulated for it: the beam carried the right rows of the decoder state (and of the fed attentional state)."""
+    torch.manual_seed(0)
+    config = tiny_config(cell=cell, attention="dot", input_feeding=input_feeding, decoder_layers=2)
+    model = s2s.Seq2Seq(config, 12, 10).eval()
+    with torch.no_grad():
+        model.decoder.output.bias[s2s.PAD] = -1e4  # <pad> only ever follows <eos>
+        # an untrained decoder hardly listens to the fed vector; make it matter, so that a wrong row would show
+        model.decoder.rnn.weight_ih_l0[:, config.embedding_size:] *= 10
+    source, lengths, _ = random_batch()
+    sequences, _, log_probs = s2s.beam_search(model, source, lengths, beam_size=4, max_length=8)
+    outputs = sequences.reshape(20, -1)  # (B * K, T), <pad> after <eos>
+    inputs = torch.cat([torch.full((20, 1), s2s.SOS), outputs[:, :-1]], dim=1)
+    logits = model(source.repeat_interleave(4, 0), lengths.repeat_interleave(4), inputs)
+    per_step = logits.log_softmax(-1).gather(-1, outputs.unsqueeze(-1)).squeeze(-1)
+    rescored = (per_step * (outputs != s2s.PAD)).sum(1)
+    torch.testing.assert_close(rescored, log_probs.reshape(-1), atol=2e-5, rtol=1e-5)
+    assert len({tuple(row) for row in outputs.tolist()}) > 5  # the beam really holds different hypotheses
+
+
 def never_special(model):
     """An untrained model that never writes <pad>, <sos> or <unk> and ends words early, so every output it decodes
     is a real word with its <eos>, as a trained model's are."""
@@ -332,9 +354,13 @@ def test_bad_input_gets_one_clear_sentence(tmp_path):
         s2s.main(["--evaluate", str(bad), "--checkpoint", checkpoint])
     with pytest.raises(SystemExit, match="--average_decay must be at least 0"):
         s2s.main(["--average_decay", "1.0", "--epochs", "1"])
+    with pytest.raises(SystemExit, match="--max_output_length must be at least 1"):
+        s2s.main(["--translit", "abc", "--checkpoint", checkpoint, "--max_output_length", "0"])
     with pytest.raises(SystemExit, match="--beam_size must be at least 1"):
         s2s.main(["--translit", "abc", "--checkpoint", checkpoint, "--beam_size", "0"])
-    with pytest.raises(SystemExit, match="trained with --cell lstm, not gru"):
+    with pytest.raises(SystemExit, match="trained with --no-input_feeding, not --input_feeding"):
+        s2s.main(["--translit", "abc", "--checkpoint", checkpoint, "--input_feeding"])
+    with pytest.raises(SystemExit, match="trained with --cell lstm, not --cell gru"):
         s2s.main(["--translit", "abc", "--checkpoint", checkpoint, "--cell", "gru"])
     with pytest.raises(SystemExit, match="--input_feeding feeds the attentional state back, so it needs"):
         s2s.main(["--attention", "none", "--input_feeding", "--epochs", "1"])
