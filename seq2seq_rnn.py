@@ -311,21 +311,25 @@ def select_state(state, rows):
 
 @torch.no_grad()
 def greedy_decode(model, source, source_lengths, max_length):
-    """Feeds back the most likely character until every word has written <eos>. Returns ids and attention."""
+    """Feeds back the most likely character until every word has written <eos>. Returns ids, attention and each
+    output's log-probability (summed over its characters and <eos>)."""
     memory, keys, memory_mask, state = model.encode(source, source_lengths)
     tokens = torch.full((source.size(0), 1), SOS, dtype=torch.long, device=source.device)
     finished = torch.zeros(source.size(0), dtype=torch.bool, device=source.device)
+    log_probs = torch.zeros(source.size(0), device=source.device)
     outputs, attention = [], []
     for _ in range(max_length):
         logits, state, weights = model.decoder(tokens, state, memory, keys, memory_mask)
-        tokens = logits[:, -1].argmax(-1, keepdim=True).masked_fill(finished[:, None], PAD)
+        step_log_probs, tokens = logits[:, -1].float().log_softmax(-1).max(-1, keepdim=True)
+        log_probs += step_log_probs[:, 0].masked_fill(finished, 0.0)
+        tokens = tokens.masked_fill(finished[:, None], PAD)
         outputs.append(tokens)
         attention.append(weights)
         finished |= tokens[:, 0] == EOS
         if finished.all():
             break
     weights = torch.cat(attention, dim=1) if attention[0] is not None else None
-    return torch.cat(outputs, dim=1), weights  # (B, T), (B, T, S) or None
+    return torch.cat(outputs, dim=1), weights, log_probs  # (B, T), (B, T, S) or None, (B,)
 
 
 @torch.no_grad()
@@ -612,9 +616,9 @@ def transliterate(model, words, vocabularies, beam_size, max_length, length_pena
         chunk = distinct[start:start + batch_size]
         source, lengths, _, _ = make_batch([(w, "") for w in chunk], source_stoi, {}, device)
         if beam_size == 1:
-            ids, _ = greedy_decode(model, source, lengths, max_length)
-            for word, row in zip(chunk, ids.tolist()):
-                results[word] = [(in_reading_order(decode_ids(row, target_itos)), 0.0)]
+            ids, _, log_probs = greedy_decode(model, source, lengths, max_length)
+            for word, row, score in zip(chunk, ids.tolist(), log_probs.tolist()):
+                results[word] = [(in_reading_order(decode_ids(row, target_itos)), score)]
         else:
             ids, _, log_probs = beam_search(model, source, lengths, beam_size, max_length, length_penalty)
             for word, rows, scores in zip(chunk, ids.tolist(), log_probs.tolist()):
@@ -651,7 +655,7 @@ def save_attention_heatmaps(model, words, vocabularies, path, max_length):
     device = next(model.parameters()).device
     source_stoi = {c: i for i, c in enumerate(vocabularies["source"])}
     source, lengths, _, _ = make_batch([(w, "") for w in words], source_stoi, {}, device)
-    ids, weights = greedy_decode(model, source, lengths, max_length)
+    ids, weights, _ = greedy_decode(model, source, lengths, max_length)
     outputs = [decode_ids(row, vocabularies["target"]) for row in ids.tolist()]
     characters = "".join(words) + "".join(outputs)
     font_path = find_font(characters)

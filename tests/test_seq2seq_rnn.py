@@ -158,11 +158,12 @@ def test_decoder_step_by_step_equals_whole_sequence(input_feeding):
 def test_beam_search_with_beam_one_equals_greedy(attention, input_feeding):
     model = s2s.Seq2Seq(tiny_config(cell="gru", attention=attention, input_feeding=input_feeding), 12, 10).eval()
     source, lengths, _ = random_batch()
-    greedy, _ = s2s.greedy_decode(model, source, lengths, max_length=12)
-    beam, scores, _ = s2s.beam_search(model, source, lengths, beam_size=1, max_length=12)
+    greedy, _, greedy_log_probs = s2s.greedy_decode(model, source, lengths, max_length=12)
+    beam, scores, beam_log_probs = s2s.beam_search(model, source, lengths, beam_size=1, max_length=12)
     itos = [str(i) for i in range(10)]
     assert [s2s.decode_ids(row, itos) for row in greedy.tolist()] == [s2s.decode_ids(row[0], itos)
                                                                       for row in beam.tolist()]
+    torch.testing.assert_close(greedy_log_probs, beam_log_probs[:, 0])  # the same words, the same probabilities
     wide, wide_scores, _ = s2s.beam_search(model, source, lengths, beam_size=4, max_length=12)
     assert wide.shape[:2] == (5, 4) and (wide_scores[:, :-1] >= wide_scores[:, 1:]).all()  # best first
 
