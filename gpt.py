@@ -447,7 +447,17 @@ def make_optimizer(model, config, device):
 def pick_device(name):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(f"--device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise SystemExit(f"--device {name}: this PyTorch sees no such CUDA GPU; use --device auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SystemExit("--device mps: this PyTorch has no Apple GPU (MPS) support here; use --device auto or cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise SystemExit(f"--device {name!r} is not supported: use auto, cpu, cuda, cuda:N or mps")
+    return device
 
 
 def pick_dtype(name, device):
@@ -506,9 +516,13 @@ def load_checkpoint(path):
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise SystemExit(f"{path} cannot be read as a checkpoint ({type(error).__name__}): it is truncated or not "
-                         f"from gpt.py; train again or point --out_dir elsewhere")
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise SystemExit(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint: train again or point --out_dir elsewhere")
+                         f"a PyTorch file; point --out_dir at a folder that gpt.py trained")
+    found = checkpoint.get("format") if isinstance(checkpoint, dict) else None
+    if found != CHECKPOINT_FORMAT:
+        other = {"nanoverse-gpt-v1": "gpt.py", "nanoverse-gpt-rope-v1": "gpt_rope.py"}.get(found)
+        raise SystemExit(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint"
+                         + (f": {other} wrote it, so use {other}" if other else ": point --out_dir at a folder that "
+                            "gpt.py trained"))
     return checkpoint
 
 
@@ -542,7 +556,19 @@ def train(config):
         checkpoint = load_checkpoint(checkpoint_path)
         for field in MODEL_SHAPE_FIELDS:  # the weights fix the shape; training settings come from the command line
             setattr(config, field, checkpoint["config"][field])
+        if not config.data_dir and config.dataset == Config.dataset:  # no data named: the data it was trained on
+            config.dataset, config.data_dir = checkpoint["config"]["dataset"], checkpoint["data_dir"]
+    elif checkpoint_path.exists():  # a new run must not overwrite a trained model without being asked
+        raise SystemExit(f"{out_dir} already holds a run ({checkpoint_path.name}): continue it with --init_from "
+                         f"resume, or choose another --out_dir (or delete that one)")
     train_tokens, val_tokens, meta, data_dir = load_dataset(config)
+    if checkpoint is not None:
+        before, now = checkpoint["meta"], meta
+        if (before.get("tokenizer"), before.get("vocab_size")) != (now.get("tokenizer"), now.get("vocab_size")):
+            raise SystemExit(f"{checkpoint_path} was trained on {checkpoint['data_dir']} ({before.get('tokenizer')} "
+                             f"tokens, vocabulary {before.get('vocab_size')}), but {data_dir} holds "
+                             f"{now.get('tokenizer')} tokens (vocabulary {now.get('vocab_size')}): resume with "
+                             f"--data_dir {checkpoint['data_dir']}")
     if config.vocab_size == 0:
         config.vocab_size = meta["vocab_size"]
     if config.vocab_size < meta["vocab_size"]:
@@ -578,7 +604,7 @@ def train(config):
     tokenizer = None
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
-        log_file = open(out_dir / "log.jsonl", "a")
+        log_file = open(out_dir / "log.jsonl", "a" if checkpoint is not None else "w")  # a new run, a new log
         try:
             tokenizer = load_tokenizer(meta, data_dir)
         except SystemExit as error:  # samples are a bonus; training goes on without them
@@ -586,6 +612,11 @@ def train(config):
     tokens_per_step = config.batch_size * config.block_size * config.grad_accum_steps * world_size
     peak_flops = next((f for name, f in PEAK_FLOPS.items() if name in torch.cuda.get_device_name(device)), None) \
         if device.type == "cuda" else None
+    if master and checkpoint is not None:
+        print(f"resuming {checkpoint_path} at step {step} on {data_dir}; the model keeps its shape ("
+              + ", ".join(f"{field} {getattr(config, field)}" for field in MODEL_SHAPE_FIELDS) + ")")
+        if step >= config.max_iters:
+            print(f"already at step {step} of --max_iters {config.max_iters}: raise --max_iters to train further")
     if master:
         print(f"{raw_model.num_parameters() / 1e6:.2f}M parameters | {len(train_tokens):,} train / "
               f"{len(val_tokens):,} val tokens | {tokens_per_step:,} tokens/step | {device.type} {str(dtype)[6:]}"
@@ -641,6 +672,7 @@ def train(config):
                 interval_loss.zero_()
                 interval_steps, interval_start = 0, time.time()
 
+            paused = time.time()  # evaluation and samples are not training time: the interval's clock skips them
             if step % config.eval_interval == 0 or step == config.max_iters:
                 val_loss = evaluate(eval_model, val_tokens, config, device, autocast, step == config.max_iters, rank,
                                     world_size)
@@ -663,11 +695,10 @@ def train(config):
                         progress.write(f"early stop: no better val loss in {config.patience} evaluations "
                                        f"(best {best_val_loss:.4f})")
                     stop = True
-                interval_start = time.time()  # evaluation time is not training time
 
             if master and tokenizer and config.sample_interval and step % config.sample_interval == 0:
                 progress.write(generate_text(raw_model, tokenizer, config, device, autocast, max_new_tokens=200)[0])
-                interval_start = time.time()
+            interval_start += time.time() - paused
     except KeyboardInterrupt:  # Ctrl-C: keep the work done so far; the step in flight is replayed on resume
         if master:
             optimizer.zero_grad(set_to_none=True)
@@ -681,7 +712,8 @@ def train(config):
         log_file.close()
         plot_losses(out_dir / "log.jsonl", out_dir / "loss.png")
         if tokenizer:
-            print("sample:\n" + generate_text(raw_model, tokenizer, config, device, autocast, max_new_tokens=300)[0])
+            print("sample:\n" + generate_text(raw_model, tokenizer, config, device, autocast,
+                                              max_new_tokens=min(300, config.max_new_tokens))[0])
         print(f"done: step {step} | best val loss {best_val_loss:.4f} | {time.time() - started:.1f} s | "
               f"checkpoint {checkpoint_path}")
     if ddp:
@@ -830,13 +862,20 @@ def check_run_config(config):
         problems.append(f"--init_from must be scratch or resume, not {config.init_from!r}")
     if config.dtype not in ("auto", "float32", "bfloat16", "float16"):
         problems.append(f"--dtype must be auto, float32, bfloat16 or float16, not {config.dtype!r}")
-    for name in ("batch_size", "grad_accum_steps", "eval_interval", "log_interval", "num_samples"):
+    for name in ("max_iters", "batch_size", "grad_accum_steps", "eval_interval", "log_interval", "num_samples"):
         if getattr(config, name) < 1:
             problems.append(f"--{name} must be at least 1")
-    if config.max_iters < 0 or config.warmup_iters < 0 or config.max_new_tokens < 0:
-        problems.append("--max_iters, --warmup_iters and --max_new_tokens cannot be negative")
-    if config.temperature < 0 or not 0 < config.top_p <= 1 or config.repetition_penalty <= 0:
-        problems.append("--temperature must be >= 0, --top_p in (0, 1] and --repetition_penalty > 0")
+    for name in ("warmup_iters", "lr_decay_iters", "eval_iters", "sample_interval", "patience", "max_new_tokens",
+                 "top_k", "learning_rate", "min_lr", "weight_decay", "grad_clip", "temperature"):
+        if getattr(config, name) < 0:
+            problems.append(f"--{name} cannot be negative")
+    for name in ("beta1", "beta2"):
+        if not 0 <= getattr(config, name) < 1:
+            problems.append(f"--{name} must be at least 0 and below 1")
+    if not 0 < config.top_p <= 1:
+        problems.append("--top_p must be above 0 and at most 1")
+    if config.repetition_penalty <= 0:
+        problems.append("--repetition_penalty must be above 0 (1 is off)")
     if problems:
         raise SystemExit("; ".join(problems))
 

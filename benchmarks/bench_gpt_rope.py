@@ -104,8 +104,8 @@ def run(variant, seed, max_iters, data_dir, results_dir):
     checkpoint_path = out_dir / "ckpt.pt"
     trained = checkpoint_path.is_file() and torch.load(checkpoint_path, weights_only=True)["step"] == max_iters
     if not trained:  # a run that did not finish starts again from scratch; a finished one is only evaluated
-        if (out_dir / "log.jsonl").exists():
-            (out_dir / "log.jsonl").unlink()
+        for name in ("log.jsonl", "ckpt.pt"):
+            (out_dir / name).unlink(missing_ok=True)
         module.main(TRAIN_FLAGS + ["--data_dir", str(data_dir), "--out_dir", str(out_dir), "--seed", str(seed),
                                    "--max_iters", str(max_iters)])
     records = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]

@@ -251,6 +251,31 @@ def test_resume_reproduces_the_next_losses_exactly(tmp_path):
     assert len(straight) == 8 and split == straight  # steps 5-8 after the resume equal the uninterrupted run
 
 
+def test_a_new_run_never_overwrites_a_trained_one_and_resume_reads_the_same_data(tmp_path, capsys):
+    data = write_char_dataset(tmp_path / "data")
+    other = write_char_dataset(tmp_path / "other", text=TEXT.upper())  # another character vocabulary
+    out = tmp_path / "out"
+    gpt.main(["--data_dir", str(data), "--out_dir", str(out), *TINY_FLAGS, "--max_iters", "2", "--log_interval", "1"])
+    trained = (out / "ckpt.pt").read_bytes()
+    with pytest.raises(SystemExit, match="already holds a run .* --init_from resume"):
+        gpt.main(["--data_dir", str(data), "--out_dir", str(out), *TINY_FLAGS, "--max_iters", "2"])
+    assert (out / "ckpt.pt").read_bytes() == trained
+    with pytest.raises(SystemExit, match=f"resume with --data_dir {data.resolve()}"):
+        gpt.main(["--data_dir", str(other), "--out_dir", str(out), "--init_from", "resume", "--max_iters", "4"])
+    capsys.readouterr()
+    # No data named: the run continues on the data it was trained on (not the default dataset folder).
+    result = gpt.main(["--out_dir", str(out), "--init_from", "resume", "--max_iters", "4", "--log_interval", "1"])
+    assert result["step"] == 4 and f"on {data.resolve()}" in capsys.readouterr().out
+    assert [r["step"] for r in read_log(out) if "loss" in r] == [1, 2, 3, 4]  # one log, continued
+
+
+def test_a_checkpoint_of_the_sibling_script_is_named(tmp_path):
+    (tmp_path / "ckpt.pt").parent.mkdir(exist_ok=True)
+    torch.save({"format": "nanoverse-gpt-rope-v1"}, tmp_path / "ckpt.pt")
+    with pytest.raises(SystemExit, match="gpt_rope.py wrote it, so use gpt_rope.py"):
+        gpt.main(["--sample", "--out_dir", str(tmp_path)])
+
+
 def test_early_stopping_after_patience_evaluations(tmp_path):
     data = write_char_dataset(tmp_path / "data")
     # With a zero learning rate the val loss never improves after the first evaluation.
@@ -283,7 +308,7 @@ def test_bad_inputs_are_named(tmp_path):
     with pytest.raises(SystemExit, match="run `python prepare_data.py no_such_set` first"):
         gpt.main(["--out_dir", str(tmp_path / "o"), "--dataset", "no_such_set"])
     with pytest.raises(SystemExit, match="missing"):
-        gpt.main(["--data_dir", str(tmp_path / "none")])
+        gpt.main(["--data_dir", str(tmp_path / "none"), "--out_dir", str(tmp_path / "o")])
     data = write_char_dataset(tmp_path / "data")
     with pytest.raises(SystemExit, match="divisible by n_head"):
         gpt.main(["--data_dir", str(data), "--out_dir", str(tmp_path / "o"), "--n_embd", "30", "--n_head", "4"])
@@ -295,6 +320,14 @@ def test_bad_inputs_are_named(tmp_path):
         gpt.main(["--sample", "--out_dir", str(tmp_path / "broken")])
     with pytest.raises(SystemExit, match="--top_p"):
         gpt.main(["--sample", "--top_p", "0"])
+    for flags, named in ((["--learning_rate", "-1"], "--learning_rate cannot be negative"),
+                         (["--beta2", "1.5"], "--beta2 must be at least 0 and below 1"),
+                         (["--max_iters", "0"], "--max_iters must be at least 1"),
+                         (["--patience", "-1"], "--patience cannot be negative"),
+                         (["--device", "tpu"], "--device 'tpu' is not"),
+                         (["--device", "cuda:7" if torch.cuda.is_available() else "cuda"], "no such CUDA GPU")):
+        with pytest.raises(SystemExit, match=named):
+            gpt.main(["--data_dir", str(data), "--out_dir", str(tmp_path / "o"), *flags])
     with pytest.raises(SystemExit) as error:
         gpt.main(["--max_iter", "10"])  # a misspelled flag is an error, not silently ignored nor expanded
     assert error.value.code == 2  # argparse's usage error, not some later failure
