@@ -21,13 +21,13 @@ Run:
   python seq2seq_rnn.py --max_minutes 20 --lr_schedule linear --threads 1 --seed 1 --reverse_output --out_dir out-hi/b &
   python seq2seq_rnn.py --max_minutes 20 --lr_schedule linear --threads 1 --seed 2 --out_dir out-hi/c &
   wait
-  python seq2seq_rnn.py --evaluate data/dakshina/hi/hi.translit.sampled.dev.tsv --out_dir out-hi \
+  python seq2seq_rnn.py --evaluate dev --out_dir out-hi \
     --checkpoint out-hi/a/best.pt,out-hi/b/best.pt,out-hi/c/best.pt
   # GPU
   python seq2seq_rnn.py --lang hi --device cuda --batch_size 256 --learning_rate 3e-3
   # Colab: paste this file into a cell and run it (defaults), or: !python seq2seq_rnn.py --lang hi --device cuda
   # then
-  python seq2seq_rnn.py --evaluate data/dakshina/hi/hi.translit.sampled.test.tsv --checkpoint out-seq2seq/best.pt
+  python seq2seq_rnn.py --evaluate test --checkpoint out-seq2seq/best.pt
   python seq2seq_rnn.py --translit "namaste duniya" --checkpoint out-seq2seq/best.pt
 """
 
@@ -94,7 +94,7 @@ class Config:
     length_penalty: float = 0.5  # rank hypotheses by log-probability / length**length_penalty
     max_output_length: int = 40  # longest output word, in characters
     checkpoint: str = ""  # checkpoint for --evaluate and --translit (default: out_dir/best.pt); a,b: an ensemble
-    evaluate: str = ""  # score this lexicon file with --checkpoint, write predictions and heatmaps
+    evaluate: str = ""  # score this lexicon file (or train, dev, test: that split of --lang) with --checkpoint
     translit: str = ""  # transliterate these space-separated words with --checkpoint and print the top candidates
     heatmaps: int = 4  # words to draw attention heatmaps for
     # system
@@ -406,13 +406,23 @@ def read_lexicon(path, direction):
                 if not line.strip():
                     continue
                 columns = line.split("\t")
-                if len(columns) not in (2, 3) or not columns[0].strip() or not columns[1].strip():
+                if len(columns) not in (2, 3):
                     raise SystemExit(f"line {line_number} of {path} has {len(columns)} tab-separated column(s) "
                                      f"{columns[:3]!r}; a lexicon line is native<TAB>romanized[<TAB>count].")
+                if not columns[0].strip() or not columns[1].strip():
+                    empty = "native" if not columns[0].strip() else "romanized"
+                    raise SystemExit(f"line {line_number} of {path} has an empty {empty} column; every line needs "
+                                     f"both words.")
+                if len(columns) == 3 and not columns[2].strip().isdigit():
+                    raise SystemExit(f"line {line_number} of {path} has {columns[2]!r} as its count, not a number; "
+                                     f"a lexicon has no header line, so remove it.")
                 native, roman = columns[0].strip(), columns[1].strip()
                 pairs.append((roman, native) if direction == "roman2native" else (native, roman))
     except UnicodeDecodeError:
         raise SystemExit(f"{path} is not UTF-8 text; save the lexicon as UTF-8 and try again.")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise SystemExit(f"there is no lexicon file at {path}; give the path of a .tsv file, or train, dev or test "
+                         f"for that split of --lang.")
     if not pairs:
         raise SystemExit(f"{path} has no lexicon lines; give a file with native<TAB>romanized<TAB>count lines.")
     return pairs
@@ -701,7 +711,9 @@ def evaluate_and_report(model, pairs, vocabularies, config, out_dir, title):
     lines = ["input\treference\tprediction\tcorrect"]
     lines += [f"{s}\t{r}\t{c[0]}\t{int(c[0] == r)}" for (s, r), c in zip(pairs, candidates)]
     write_atomically(Path(out_dir) / "predictions.tsv", ("\n".join(lines) + "\n").encode())
-    if config.attention != "none" and config.heatmaps > 0:
+    if config.attention == "none" and config.heatmaps > 0:
+        print("no attention heatmaps: this model has no attention (--attention none)")
+    elif config.heatmaps > 0:
         words = list(dict.fromkeys(s for s, _ in pairs))[:config.heatmaps]
         save_attention_heatmaps(model, words, vocabularies, Path(out_dir) / "attention.png", config.max_output_length)
     return metrics
@@ -732,6 +744,8 @@ def save_checkpoint(path, model, optimizer, config, vocabularies, progress, gene
 
 
 def load_checkpoint(path):
+    if Path(path).is_dir():
+        raise SystemExit(f"{path} is a folder; pass the checkpoint file inside it, e.g. {Path(path) / 'best.pt'}.")
     if not Path(path).is_file():
         raise SystemExit(f"checkpoint {path} does not exist; train one with `python seq2seq_rnn.py` or pass "
                          f"--checkpoint PATH.")
@@ -785,6 +799,16 @@ def load_models(paths, given, device):
 def pick_device(name):
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps.")
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise SystemExit(f"--device {name}: this PyTorch sees no such CUDA GPU; use --device auto or cpu.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SystemExit("--device mps: this PyTorch has no Apple GPU (MPS) support here; use --device auto or cpu.")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise SystemExit(f"--device {name!r} is not supported; use auto, cpu, cuda, cuda:N or mps.")
     return name
 
 
@@ -834,6 +858,12 @@ def train(config, given):
                 "train_seconds": 0.0, "learning_rate": config.learning_rate}
     model = Seq2Seq(config, len(vocabularies["source"]), len(vocabularies["target"])).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    if config.resume and not (out_dir / "last.pt").is_file():
+        raise SystemExit(f"nothing to resume: {out_dir / 'last.pt'} does not exist; give the --out_dir of the run to "
+                         f"continue, or start a new run without --resume.")
+    if not config.resume and (out_dir / "last.pt").exists():  # a new run must not overwrite a trained model
+        raise SystemExit(f"{out_dir} already holds a run (last.pt); continue it with --resume, or choose another "
+                         f"--out_dir (or delete that one).")
     if config.resume:
         checkpoint = load_checkpoint(out_dir / "last.pt")
         if checkpoint["vocabularies"] != vocabularies:
@@ -859,7 +889,7 @@ def train(config, given):
           f"target vocabulary {len(target_stoi)} | {parameter_count:,} parameters | device {device}")
     for name, parameter in model.named_parameters():
         print(f"  {name:40s} {tuple(parameter.shape)}")
-    log_file = open(out_dir / "log.jsonl", "a")
+    log_file = open(out_dir / "log.jsonl", "a" if config.resume else "w")  # a new run starts a new log
     try:
         while progress["epoch"] < config.epochs:
             if progress["epochs_without_improvement"] >= config.patience:
@@ -978,30 +1008,54 @@ def main(argv=None):
     if config.beam_size < 1:
         raise SystemExit(f"--beam_size must be at least 1 (1 is greedy decoding), not {config.beam_size}.")
     for name in ("hidden_size", "embedding_size", "encoder_layers", "decoder_layers", "batch_size", "epochs",
-                 "max_output_length"):
+                 "max_output_length", "patience"):
         if getattr(config, name) < 1:
             raise SystemExit(f"--{name} must be at least 1, not {getattr(config, name)}.")
+    for name in ("max_train_rows", "max_dev_rows", "learning_rate", "grad_clip", "max_minutes", "heatmaps", "threads",
+                 "length_penalty"):
+        if getattr(config, name) < 0:
+            raise SystemExit(f"--{name} cannot be negative ({getattr(config, name)}).")
+    if not 0 <= config.label_smoothing < 1 or not 0 < config.lr_decay <= 1:
+        raise SystemExit(f"--label_smoothing must be at least 0 and below 1 (not {config.label_smoothing}) and "
+                         f"--lr_decay above 0 and at most 1 (not {config.lr_decay}).")
     if not 0 <= config.average_decay < 1:
         raise SystemExit(f"--average_decay must be at least 0 (off) and below 1 (e.g. 0.999), not "
                          f"{config.average_decay}.")
-    if not 0.0 <= config.dropout < 1.0 or not 0.0 <= config.teacher_forcing <= 1.0:
-        raise SystemExit("--dropout must be in [0, 1) and --teacher_forcing in [0, 1].")
+    if not 0.0 <= config.dropout < 1.0:
+        raise SystemExit(f"--dropout must be at least 0 and below 1, not {config.dropout}.")
+    if not 0.0 <= config.teacher_forcing <= 1.0:
+        raise SystemExit(f"--teacher_forcing must be between 0 and 1, not {config.teacher_forcing}.")
+    if "translit" in given and "evaluate" in given:
+        raise SystemExit("give --translit (words to transliterate) or --evaluate (a lexicon to score), not both.")
+    if "translit" in given and not config.translit.split():
+        raise SystemExit("--translit needs at least one word, e.g. --translit \"namaste duniya\".")
+    if "evaluate" in given and not config.evaluate.strip():
+        raise SystemExit("--evaluate needs a lexicon file (or train, dev or test for that split of --lang).")
     if config.input_feeding and config.attention == "none" and not (config.evaluate or config.translit):
         raise SystemExit("--input_feeding feeds the attentional state back, so it needs --attention dot or additive.")
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     if not (config.evaluate or config.translit):
         return train(config, given)
     device = pick_device(config.device)
-    checkpoint_paths = (config.checkpoint or str(Path(config.out_dir) / "best.pt")).split(",")
+    checkpoint_paths = [path.strip() for path in (config.checkpoint or str(Path(config.out_dir) / "best.pt")).split(",")]
     model, config, vocabularies = load_models(checkpoint_paths, given, device)
     if config.translit:
-        results = transliterate(model, config.translit.split(), vocabularies, config.beam_size,
-                                config.max_output_length, config.length_penalty)
-        for word, options in zip(config.translit.split(), results):
+        words = config.translit.split()
+        known = set(vocabularies["source"])
+        if not any(c.isupper() for c in known):  # Dakshina's romanizations are lower case: "Namaste" means namaste
+            words = [word.lower() for word in words]
+        unseen = sorted({c for word in words for c in word if c not in known})
+        if unseen:
+            print(f"note: the model never saw {''.join(unseen)!r} in training; it reads them as <unk>")
+        results = transliterate(model, words, vocabularies, config.beam_size, config.max_output_length,
+                                config.length_penalty)
+        for word, options in zip(words, results):
             # P(word) for one model; for an ensemble the geometric mean of the models' P(word)
             print(f"{word}: " + "  ".join(f"{text} ({math.exp(score):.2f})" for text, score in options))
         return results
-    pairs = read_lexicon(config.evaluate, config.direction)
+    split = config.evaluate if config.evaluate in ("train", "dev", "test") and not Path(config.evaluate).exists() \
+        else None
+    pairs = read_lexicon(lexicon_path(config, split) if split else config.evaluate, config.direction)
     known = set(vocabularies["source"])
     characters = "".join(source for source, _ in pairs)
     unknown_share = sum(c not in known for c in characters) / len(characters)
@@ -1010,7 +1064,7 @@ def main(argv=None):
                          f"checkpoint's vocabulary; is the file in the language and direction it was trained on "
                          f"({config.lang}, {config.direction})?")
     Path(config.out_dir).mkdir(parents=True, exist_ok=True)
-    return evaluate_and_report(model, pairs, vocabularies, config, config.out_dir, Path(config.evaluate).name)
+    return evaluate_and_report(model, pairs, vocabularies, config, config.out_dir, split or Path(config.evaluate).name)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ Run:
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -64,6 +65,8 @@ def ensemble_run(option_sets, extra, minutes, results_dir):
     name = "ensemble " + " + ".join(" ".join(options) or "defaults" for options in option_sets)
     threads = max(1, (os.cpu_count() or 1) // len(option_sets))
     out_dirs = [results_dir / "ensemble" / f"model{i}" for i in range(1, len(option_sets) + 1)]
+    for out_dir in out_dirs:  # a new ensemble run starts its models afresh (the script refuses to overwrite a run)
+        shutil.rmtree(out_dir, ignore_errors=True)
     commands = [[sys.executable, str(ROOT / "seq2seq_rnn.py"), "--max_minutes", str(minutes), "--threads", str(threads)]
                 + extra + options + ["--out_dir", str(out_dir), "--heatmaps", "0"]
                 for options, out_dir in zip(option_sets, out_dirs)]

@@ -1,6 +1,7 @@
 """Tests for seq2seq_rnn.py: shapes and gradients for every cell, attention and padding, packing, beam search,
 learning a toy mapping, metrics, checkpoints and resuming, bad input, and a smoke run on Hindi Dakshina data."""
 
+import json
 import random
 import subprocess
 import sys
@@ -340,6 +341,40 @@ def test_resume_continues_exactly(tmp_path):
             assert torch.equal(tensor, split[key][name]), (key, name)
 
 
+def test_a_new_run_never_overwrites_a_trained_one(tmp_path):
+    reversal_data(tmp_path / "data", train_size=100, dev_size=10)
+    common = ["--data_dir", str(tmp_path / "data"), "--out_dir", str(tmp_path / "out"), "--hidden_size", "8",
+              "--embedding_size", "4", "--heatmaps", "0"]
+    with pytest.raises(SystemExit, match="nothing to resume"):
+        s2s.main(common + ["--epochs", "1", "--resume"])
+    s2s.main(common + ["--epochs", "1"])
+    trained = (tmp_path / "out" / "best.pt").read_bytes()
+    with pytest.raises(SystemExit, match="already holds a run .* --resume"):
+        s2s.main(common + ["--epochs", "1"])
+    assert (tmp_path / "out" / "best.pt").read_bytes() == trained
+    s2s.main(common + ["--epochs", "2", "--resume"])
+    log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in log] == [1, 2]  # one run, one log
+
+
+def test_translit_reads_capitals_as_the_lower_case_it_was_trained_on(tmp_path, capsys):
+    reversal_data(tmp_path / "data", train_size=100, dev_size=10)  # inputs are lower-case a-f
+    out = tmp_path / "out"
+    s2s.main(["--data_dir", str(tmp_path / "data"), "--out_dir", str(out), "--hidden_size", "8", "--embedding_size",
+              "4", "--epochs", "1", "--heatmaps", "0"])
+    lower = s2s.main(["--translit", "abc fed", "--checkpoint", f"{out / 'best.pt'}, {out / 'last.pt'}"])
+    capsys.readouterr()
+    assert s2s.main(["--translit", "ABC Fed", "--checkpoint", str(out / "best.pt")]) == \
+        s2s.main(["--translit", "abc fed", "--checkpoint", str(out / "best.pt")])
+    assert "never saw" not in capsys.readouterr().out
+    s2s.main(["--translit", "ab9", "--checkpoint", str(out / "best.pt")])
+    assert "never saw '9'" in capsys.readouterr().out
+    assert len(lower) == 2
+    metrics = s2s.main(["--evaluate", "dev", "--data_dir", str(tmp_path / "data"), "--checkpoint",
+                        str(out / "best.pt"), "--out_dir", str(tmp_path / "ev"), "--heatmaps", "0"])
+    assert len((tmp_path / "ev" / "predictions.tsv").read_text().splitlines()) == 11 and "cer" in metrics
+
+
 def test_bad_input_gets_one_clear_sentence(tmp_path):
     reversal_data(tmp_path / "data", train_size=100, dev_size=10)
     out = tmp_path / "out"
@@ -382,6 +417,30 @@ def test_bad_input_gets_one_clear_sentence(tmp_path):
         s2s.main(["--translit", "abc", "--checkpoint", f"{checkpoint},{tmp_path / 'out_other' / 'best.pt'}"])
     with pytest.raises(SystemExit, match="found no hi.translit.sampled.train.tsv"):
         s2s.main(["--data_dir", str(tmp_path), "--out_dir", str(out)])
+    bad.write_text("\tnamaste\t1\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="line 1 of .*bad.tsv has an empty native column"):
+        s2s.main(["--evaluate", str(bad), "--checkpoint", checkpoint])
+    bad.write_text("native\troman\tcount\nनमस्ते\tnamaste\t3\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="line 1 of .*'count' as its count, not a number"):
+        s2s.main(["--evaluate", str(bad), "--checkpoint", checkpoint])
+    for missing in (tmp_path / "nope.tsv", tmp_path):
+        with pytest.raises(SystemExit, match="there is no lexicon file at"):
+            s2s.main(["--evaluate", str(missing), "--checkpoint", checkpoint])
+    with pytest.raises(SystemExit, match="is a folder; pass the checkpoint file inside it"):
+        s2s.main(["--translit", "abc", "--checkpoint", str(out)])
+    with pytest.raises(SystemExit, match="--translit needs at least one word"):
+        s2s.main(["--translit", "  ", "--checkpoint", checkpoint])
+    with pytest.raises(SystemExit, match="not both"):
+        s2s.main(["--translit", "abc", "--evaluate", str(bad), "--checkpoint", checkpoint])
+    for flags, named in ((["--threads", "-1"], "--threads cannot be negative"),
+                         (["--learning_rate", "-1"], "--learning_rate cannot be negative"),
+                         (["--max_train_rows", "-5"], "--max_train_rows cannot be negative"),
+                         (["--patience", "0"], "--patience must be at least 1"),
+                         (["--label_smoothing", "1.5"], "--label_smoothing must be at least 0 and below 1"),
+                         (["--device", "gpu"], "--device 'gpu' is not a device")):
+        with pytest.raises(SystemExit, match=named):
+            s2s.main(["--data_dir", str(tmp_path / "data"), "--out_dir", str(tmp_path / "fresh"), "--epochs", "1",
+                      *flags])
     result = subprocess.run([sys.executable, str(ROOT / "seq2seq_rnn.py"), "--translit", "abc", "--checkpoint",
                              checkpoint, "--beam_size", "0"], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "Traceback" not in result.stderr
