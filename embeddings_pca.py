@@ -391,12 +391,8 @@ def gpt2_encoding():
     return tiktoken.get_encoding("gpt2")
 
 
-def load_gpt_vectors(path, candidate_words):
-    """The rows of a gpt.py model's token embedding (wte) for the words that are a single token.
-
-    A word in running text is " word" (GPT-2-style tokenizers keep the leading space), so that is what we encode.
-    Words split into several tokens have no row of their own and are left out (they show up as lower coverage).
-    """
+def open_gpt_checkpoint(path):
+    """A gpt.py model's token embedding (wte) and the encode function of the tokenizer it was trained with."""
     path = Path(path)
     if not path.is_file():
         raise SystemExit(f"--gpt_checkpoint {path}: no such file; pass a checkpoint that gpt.py wrote.")
@@ -437,6 +433,15 @@ def load_gpt_vectors(path, candidate_words):
     else:
         raise SystemExit(f"--gpt_checkpoint {path} does not say which tokenizer it used (no meta with 'tokenizer'); "
                          f"put the data folder's meta.json beside it.")
+    return wte, encode_text
+
+
+def gpt_vectors(path, wte, encode_text, candidate_words):
+    """The rows of the embedding for the words that are a single token.
+
+    A word in running text is " word" (GPT-2-style tokenizers keep the leading space), so that is what we encode.
+    Words split into several tokens have no row of their own and are left out (they show up as lower coverage).
+    """
     words, rows = [], []
     for word in candidate_words:
         ids = encode_text(" " + word)
@@ -445,7 +450,7 @@ def load_gpt_vectors(path, candidate_words):
             rows.append(ids[0])
     if not words:
         raise SystemExit(f"--gpt_checkpoint {path}: none of our words is a single token of its tokenizer.")
-    return WordVectors(f"gpt.py wte ({path.name})", words, wte[rows].float().numpy())
+    return WordVectors(f"gpt.py wte ({Path(path).name})", words, wte[rows].float().numpy())
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -640,6 +645,15 @@ def run(cfg, log=print):
         raise SystemExit("--alpha must be positive (0.75 smooths the context distribution, 1 is plain PPMI).")
     device = pick_device(cfg.device)
     out_dir = Path(cfg.out_dir)
+    # The comparison files are checked before the slow part, so a wrong path costs seconds, not minutes.
+    pretrained = cfg.pretrained
+    if pretrained == "auto":
+        found = find_data("embeddings/glove.6B.50d.first2446.txt", required=False)
+        pretrained = str(found) if found else ""
+    if pretrained and not Path(pretrained).is_file():
+        raise SystemExit(f"--pretrained {pretrained}: no such file; pass GloVe text vectors or '' for none.")
+    glove = load_text_vectors(pretrained, f"GloVe ({Path(pretrained).name})") if pretrained else None
+    gpt_embedding = open_gpt_checkpoint(cfg.gpt_checkpoint) if cfg.gpt_checkpoint else None
     started = time.perf_counter()
     sentences = tokenize(load_corpus(cfg.input), cfg.max_sentences)
     n_tokens = sum(len(words) for words in sentences)
@@ -675,16 +689,10 @@ def run(cfg, log=print):
     analogies = load_analogies(analogy_path) if analogy_path is not None else None
 
     models, panels = [ours], []
-    pretrained = cfg.pretrained
-    if pretrained == "auto":
-        found = find_data("embeddings/glove.6B.50d.first2446.txt", required=False)
-        pretrained = str(found) if found else ""
-    if pretrained:
-        if not Path(pretrained).is_file():
-            raise SystemExit(f"--pretrained {pretrained}: no such file; pass GloVe text vectors or '' for none.")
-        models.append(load_text_vectors(pretrained, f"GloVe ({Path(pretrained).name})"))
-    if cfg.gpt_checkpoint:
-        models.append(load_gpt_vectors(cfg.gpt_checkpoint, words))  # only words we know can be compared anyway
+    if glove is not None:
+        models.append(glove)
+    if gpt_embedding is not None:  # only words we know can be compared anyway
+        models.append(gpt_vectors(cfg.gpt_checkpoint, *gpt_embedding, words))
 
     plot_words = [word.strip().lower() for word in cfg.plot_words.split(",") if word.strip()]
     for wv in models:

@@ -211,16 +211,27 @@ def fake_gpt_checkpoint(path, tokenizer, encoding=None):
 def test_gpt_checkpoint_rows_are_the_words_single_tokens(tmp_path, gpt2_encoding):
     path = tmp_path / "ckpt.pt"
     wte = fake_gpt_checkpoint(path, "gpt2", gpt2_encoding)
-    wv = ep.load_gpt_vectors(path, ["king", "queen", "zyzzyvaxq"])
+    wv = ep.gpt_vectors(path, *ep.open_gpt_checkpoint(path), ["king", "queen", "zyzzyvaxq"])
     assert wv.words == ["king", "queen"]  # the made-up word splits into several tokens and is left out
     (king_id,) = gpt2_encoding.encode_ordinary(" king")
     assert np.array_equal(wv.vectors[0], wte[king_id].numpy())
     fake_gpt_checkpoint(path, "char")
     with pytest.raises(SystemExit, match="character-level"):
-        ep.load_gpt_vectors(path, ["king"])
+        ep.open_gpt_checkpoint(path)
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit, match="cannot be read"):
-        ep.load_gpt_vectors(path, ["king"])
+        ep.open_gpt_checkpoint(path)
+
+
+def test_comparison_files_are_checked_before_the_corpus_is_read(tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text("the king and the queen. the man and the woman.\n" * 20)
+    fake_gpt_checkpoint(tmp_path / "char.pt", "char")
+    for flags, named in ((["--pretrained", str(tmp_path / "missing.txt")], "--pretrained .*no such file"),
+                         (["--gpt_checkpoint", str(tmp_path / "char.pt")], "character-level")):
+        with pytest.raises(SystemExit, match=named):
+            ep.main(["--input", str(text), "--out_dir", str(tmp_path / "out"), *flags])
+        assert "corpus:" not in capsys.readouterr().out  # it stopped before reading the corpus
 
 
 # ----------------------------------------------------------------------------------------------------------------------
