@@ -29,7 +29,6 @@ import heapq
 import json
 import os
 import sys
-import tempfile
 import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import dataclass, fields
@@ -214,6 +213,7 @@ def render(token_bytes):
 FORMAT = "nanoverse-bpe v1"
 NEVER = float("inf")  # the priority of a pair that was never merged
 CACHE_LIMIT = 100_000  # distinct chunks remembered by encode (about 20 MB at most)
+LONG_CHUNK = 64  # chunks of more bytes take the heap encoder (faster above a few dozen bytes); words stay in the loop
 
 
 class Tokenizer:
@@ -252,6 +252,9 @@ class Tokenizer:
         trainer="reference" runs the textbook loop instead: same merges, much slower.
         """
         special_tokens = list(dict.fromkeys(special_tokens or ()))
+        if "" in special_tokens:  # an empty token would match between every two characters of the text
+            raise ValueError("a special token is empty: give each one some text, e.g. --special '<|endoftext|>', "
+                             "or --special with nothing after it for no special tokens")
         smallest = 256 + len(special_tokens)
         if not isinstance(vocab_size, int) or vocab_size < smallest:
             raise ValueError(f"vocab_size={vocab_size} is too small: it must be at least 256 bytes + "
@@ -284,6 +287,8 @@ class Tokenizer:
             ids = list(chunk_bytes.translate(self._byte_table))
         else:
             ids = [self.byte_ids[byte] for byte in chunk_bytes]
+        if len(ids) > LONG_CHUNK:  # the loop below rescans every pair after each merge: quadratic in the length
+            return self._encode_long_chunk(ids)
         merges_get = self.merges.get
         # priorities[i]: the new id that merging ids[i], ids[i+1] would give (NEVER if that pair was never merged)
         priorities = list(map(merges_get, zip(ids, ids[1:]), repeat(NEVER)))
@@ -299,6 +304,40 @@ class Tokenizer:
             if index < len(priorities):
                 priorities[index] = merges_get((new_id, ids[index + 1]), NEVER)
         return ids
+
+    def _encode_long_chunk(self, ids):
+        """The same merges as the loop in _encode_chunk, in O(n log n) instead of O(n^2) for a chunk of n ids.
+
+        The loop rescans every pair after each merge; fine for a word, hopeless for a whole book encoded with
+        pattern="none". Here the pairs wait in a heap keyed by (new id, position): the heap's top is the earliest-
+        learned merge and, among equal ones, the leftmost, exactly the loop's choice. The ids form a linked list
+        (next_of / previous_of), so a merge only unlinks one node and pushes the two pairs it creates. Entries that a
+        merge made out of date stay in the heap and are skipped when they surface.
+        """
+        merges_get, size = self.merges.get, len(ids)
+        next_of = list(range(1, size + 1))  # size: no next id
+        previous_of = list(range(-1, size - 1))  # -1: no previous id
+        heap = [(new_id, index) for index, new_id in enumerate(map(merges_get, zip(ids, ids[1:])))
+                if new_id is not None]
+        heapq.heapify(heap)
+        while heap:
+            new_id, index = heapq.heappop(heap)
+            right = next_of[index]
+            if ids[index] is None or right == size or merges_get((ids[index], ids[right])) != new_id:
+                continue  # out of date: this node was merged away, or its pair changed since the entry was pushed
+            ids[index], ids[right] = new_id, None  # the left node becomes the new token, the right one leaves
+            after = next_of[index] = next_of[right]
+            if after < size:
+                previous_of[after] = index
+                pair_id = merges_get((new_id, ids[after]))
+                if pair_id is not None:
+                    heapq.heappush(heap, (pair_id, index))
+            before = previous_of[index]
+            if before >= 0:
+                pair_id = merges_get((ids[before], new_id))
+                if pair_id is not None:
+                    heapq.heappush(heap, (pair_id, before))
+        return [token_id for token_id in ids if token_id is not None]
 
     def encode_ordinary(self, text):
         """Encode text, treating special-token text as ordinary text."""
@@ -408,7 +447,7 @@ class Tokenizer:
         """Read a .model file written by save(); a wrong version or a damaged line is named in a ValueError."""
         path = str(path)
         try:
-            with open(path, encoding="utf-8") as file:
+            with open(path, encoding="utf-8-sig") as file:  # -sig: an editor's byte order mark is not a line
                 lines = list(enumerate(file.read().splitlines(), 1))  # (line number, text); \r\n is fine too
         except UnicodeDecodeError:
             raise ValueError(f"{path} is not a text file: give the .model file written by bpe.py") from None
@@ -430,13 +469,18 @@ class Tokenizer:
             if line.startswith("nanoverse-bpe "):
                 raise ValueError(f"{path} is a {line!r} file but this bpe.py reads {FORMAT!r}: retrain or re-save "
                                  "the tokenizer with this version")
-            fail(number, line, f"the header {FORMAT!r} (is this a bpe.py .model file?)")
+            if path.endswith(".vocab") or regex.fullmatch(r"\[.*\] 0", line):  # save()'s listing for people
+                raise ValueError(f"{path} is the human-readable .vocab listing, which cannot be loaded: pass the "
+                                 f".model file written beside it ({Path(path).with_suffix('.model')})")
+            raise ValueError(f"{path} is not a bpe.py .model file (it starts with {line[:40]!r}, not {FORMAT!r}): "
+                             "pass the PREFIX.model file that `bpe.py train --out PREFIX` wrote")
         number, line = next_line("the pattern")
         try:
             assert line.startswith("pattern ")
             pattern = json.loads(line[len("pattern "):])
             assert pattern is None or isinstance(pattern, str)
-        except (AssertionError, json.JSONDecodeError):
+            regex.compile(pattern or "")
+        except (AssertionError, json.JSONDecodeError, regex.error):
             fail(number, line, 'pattern "<regex as JSON>"')
         number, line = next_line("the special-token count")
         count = _parse_count(line, "specials", number, fail)
@@ -541,18 +585,23 @@ def _write_atomic(path, content):
     """Write text or bytes to a temporary file beside `path`, then rename: a crash never leaves half a file."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    # A plain open() (not tempfile.mkstemp, which makes owner-only files) gives the usual permissions of the umask;
+    # the process id keeps two runs writing the same file from sharing a temporary.
+    temporary = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
     try:
-        with os.fdopen(handle, "wb") as file:
+        with open(temporary, "wb") as file:
             file.write(content.encode("utf-8") if isinstance(content, str) else content)
         os.replace(temporary, path)
     except BaseException:
-        os.unlink(temporary)
+        if os.path.exists(temporary):
+            os.unlink(temporary)
         raise
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Files: from the local mirror ($NANOVERSE_DATA), from the cache under data/, or downloaded once and checked.
+# The cache is laid out like the mirror (data/tinyshakespeare/input.txt), the same place prepare_data.py uses, so one
+# download serves every script.
 
 DOWNLOADS = {  # path under the data folder -> (URL, sha256)
     "tinyshakespeare/input.txt": (
@@ -576,9 +625,10 @@ def data_file(name, cache_dir="data"):
     if mirror and (Path(mirror) / name).is_file():
         return Path(mirror) / name
     target = Path(cache_dir) / name
-    if target.is_file():
-        return target
     url, sha256 = DOWNLOADS[name]
+    # A cached copy is checked on every use: a download cut short or a file edited by hand is fetched again.
+    if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == sha256:
+        return target
     from tqdm import tqdm
 
     data = bytearray()
@@ -590,8 +640,10 @@ def data_file(name, cache_dir="data"):
                     data += block
                     bar.update(len(block))
     except OSError as error:
-        raise RuntimeError(f"could not download {url} ({error}); without a network, put the file at {target} or "
-                           f"set NANOVERSE_DATA to a folder holding {name}") from None
+        problem = (f"the cached {target} is damaged (sha256 mismatch) and a fresh copy could not be downloaded "
+                   f"from {url} ({error})" if target.is_file() else f"could not download {url} ({error})")
+        raise RuntimeError(f"{problem}; without a network, put the original file at {target} or set NANOVERSE_DATA "
+                           f"to a folder holding {name}") from None
     digest = hashlib.sha256(data).hexdigest()
     if digest != sha256:
         raise RuntimeError(f"the download of {url} is corrupt (sha256 {digest[:12]}..., expected {sha256[:12]}...); "
@@ -637,9 +689,11 @@ def _load_model(name):
 
 def _read_text(path):
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8-sig")  # -sig: a leading byte order mark is not part of the text
     except FileNotFoundError:
         raise ValueError(f"input file {path} does not exist: check the path") from None
+    except IsADirectoryError:
+        raise ValueError(f"input {path} is a folder: give one text file (join several with `cat`)") from None
     except UnicodeDecodeError as error:
         raise ValueError(f"input file {path} is not UTF-8 text (byte {error.start}): convert it to UTF-8") from None
 
@@ -689,7 +743,8 @@ def run(config, words):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Train, use and inspect a byte-level BPE tokenizer.")
+    parser = argparse.ArgumentParser(description="Train, use and inspect a byte-level BPE tokenizer.",
+                                     allow_abbrev=False)  # a misspelled flag is an error, never a guess
     comments = _field_comments()
     for item in fields(Config):
         default = getattr(Config(), item.name)
@@ -704,12 +759,13 @@ def main(argv=None):
         else:
             parser.add_argument(f"--{item.name}", default=default, type=type(default), help=comments[item.name])
     parser.add_argument("words", nargs="*", help="show / encode: the text; decode: the ids")
-    if argv is None:
-        argv = _without_notebook_arguments(sys.argv[1:])
+    argv = _without_notebook_arguments(sys.argv[1:] if argv is None else argv)
     args, unknown = parser.parse_known_intermixed_args(argv)  # options and text in any order
-    if unknown:
-        print(f"ignoring unknown arguments {unknown} (see --help)", file=sys.stderr)
+    if unknown:  # a flag that trains the default tokenizer instead of the one asked for must not pass silently
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (see --help for the options)")
     words = args.__dict__.pop("words")
+    if words and args.command == "train":
+        parser.error(f"train reads its text from --input FILE, not from the command line: remove {' '.join(words)!r}")
     config = Config(**vars(args))
     try:
         return run(config, words)
@@ -734,16 +790,16 @@ def _field_comments():
 
 
 def _without_notebook_arguments(arguments):
-    """Drop the `-f kernel.json` that Jupyter and Colab put in sys.argv, so a pasted cell runs with the defaults."""
-    cleaned, skip = [], False
-    for argument in arguments:
-        if skip:
-            skip = False
-        elif argument == "-f":
-            skip = True
-        else:
-            cleaned.append(argument)
-    return cleaned
+    """Drop the `-f kernel.json` that Jupyter and Colab put in sys.argv, so a pasted cell runs with the defaults.
+
+    Exactly that one pair goes, before parsing (the file name would otherwise be read as the command); any other
+    unknown flag is left for the parser to name.
+    """
+    arguments = list(arguments)
+    if "-f" in arguments[:-1]:
+        index = arguments.index("-f")
+        del arguments[index:index + 2]
+    return arguments
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ class Config:
     dataset: str = "shakespeare_char"  # shakespeare_char | shakespeare | lyrics | poems | custom
     input: str = ""  # a file or folder to read instead of the dataset's local copy or download
     data_dir: str = ""  # local data folder laid out like the mirror (default: $NANOVERSE_DATA)
-    cache_dir: str = "data/downloads"  # where downloaded files are kept (checked by sha256 on every use)
+    cache_dir: str = "data"  # downloads are kept here, laid out like the mirror (checked by sha256 on every use)
     text_field: str = ""  # the text column/key in JSON, JSON Lines or CSV (default: found automatically)
     encoding: str = "utf-8"  # text encoding of the input; bytes that do not decode are replaced, with a warning
     # cleansing
@@ -130,9 +130,9 @@ def sha256_of(path):
     return digest.hexdigest()
 
 
-def download(url, sha256, cache_dir):
-    """Fetch url into cache_dir once, with a progress bar; every later run reuses the file after checking its hash."""
-    target = Path(cache_dir) / Path(url).name
+def download(url, sha256, target):
+    """Fetch url into target once, with a progress bar; every later run reuses the file after checking its hash."""
+    target = Path(target)
     if target.exists() and sha256_of(target) == sha256:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -170,8 +170,8 @@ def locate_input(config):
     if data_dir and "mirror" in spec and (Path(data_dir) / spec["mirror"]).exists():
         path = Path(data_dir) / spec["mirror"]
         return path, str(path)
-    if "url" in spec:
-        return download(spec["url"], spec["sha256"], config.cache_dir), spec["url"]
+    if "url" in spec:  # cached at data/tinyshakespeare/input.txt, where bpe.py and embeddings_pca.py look too
+        return download(spec["url"], spec["sha256"], Path(config.cache_dir) / spec["mirror"]), spec["url"]
     raise SystemExit(f"error: the {config.dataset} dataset has no local copy here and no stable download address; "
                      f"{spec['how_to_get']}")
 
@@ -191,7 +191,10 @@ def decode_bytes(raw, encoding, name):
 
     codecs.register_error("prepare_data.count", count_and_replace)
     try:
-        text = raw.decode(encoding, errors="prepare_data.count")
+        # Windows editors and Excel start UTF-8 files with a byte order mark; utf-8-sig drops it, so that it does not
+        # stick to a CSV file's first column name or make a JSON file invalid.
+        codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+        text = raw.decode(codec, errors="prepare_data.count")
     except LookupError:
         raise SystemExit(f"error: unknown --encoding {encoding!r}; use a Python codec name such as utf-8 "
                          f"or latin-1") from None
@@ -539,8 +542,12 @@ def build_tokenizer(config, train_documents, all_text, out_dir):
     import bpe  # only this tokenizer needs bpe.py
 
     # Train on the training split only: merges learned from validation text would leak it into the model.
-    tokenizer = bpe.Tokenizer.train("\n\n".join(train_documents), config.vocab_size, pattern="gpt2",
-                                    special_tokens=(EOT,))
+    try:
+        tokenizer = bpe.Tokenizer.train("\n\n".join(train_documents), config.vocab_size, pattern="gpt2",
+                                        special_tokens=(EOT,))
+    except ValueError as error:  # e.g. a training split with no text in it
+        raise SystemExit(f"error: cannot train the BPE tokenizer on the training split ({error}); give more text "
+                         f"or a smaller --val_fraction") from None
     tokenizer.save(str(out_dir / "bpe.partial"))  # writes bpe.partial.model (+ .vocab), renamed when complete
     for suffix in (".model", ".vocab"):
         if (out_dir / f"bpe.partial{suffix}").exists():
@@ -641,6 +648,7 @@ def resolve_defaults(config):
         config.tokenizer = spec.get("tokenizer", "gpt2")
     if config.clean is None:
         config.clean = spec.get("clean", True)
+    config.out_dir = config.out_dir or str(Path("data") / config.dataset)
     checks = [
         (config.tokenizer in ("char", "gpt2", "bpe"),
          f"--tokenizer must be char, gpt2 or bpe, not {config.tokenizer!r}"),
@@ -649,6 +657,13 @@ def resolve_defaults(config):
         (config.dtype in ("auto", "uint16", "uint32"), f"--dtype must be auto, uint16 or uint32, not {config.dtype!r}"),
         (config.vocab_size >= 257 or config.tokenizer != "bpe",
          "--vocab_size for bpe must be at least 257 (256 byte tokens + <|endoftext|>)"),
+        (config.vocab_size <= 1 << 16 or config.tokenizer != "bpe" or config.dtype != "uint16",
+         f"--vocab_size {config.vocab_size:,} does not fit in uint16; use --dtype uint32 (or auto)"),
+        (config.samples >= 0, f"--samples must be 0 or more, not {config.samples}"),
+        (config.block_size >= 1, f"--block_size must be at least 1 token, not {config.block_size}"),
+        (config.batch_size >= 1, f"--batch_size must be at least 1 window, not {config.batch_size}"),
+        (not Path(config.out_dir).is_file(),
+         f"--out_dir {config.out_dir} is a file; name a folder (new or existing) for the output files"),
     ]
     for ok, message in checks:
         if not ok:
@@ -662,27 +677,32 @@ def prepare(config):
     path, source = locate_input(config)
     documents, input_sha256 = read_documents(path, config)
     documents, report = cleanse(documents, config)
-    out_dir = Path(config.out_dir or Path("data") / config.dataset)
-    out_dir.mkdir(parents=True, exist_ok=True)
     texts = [document["text"] for document in documents]
-    write_atomic(out_dir / "cleansed.txt", "\n\n".join(texts).encode())
-    jsonl = "".join(json.dumps(document, ensure_ascii=False) + "\n" for document in documents)
-    write_atomic(out_dir / "cleansed.jsonl", jsonl.encode())
-
-    eda = explore(documents, config.seed, config.samples)
-    eda["cleansing"] = report
-    if config.eda:
-        write_atomic(out_dir / "eda.json", json.dumps(eda, indent=1, ensure_ascii=False).encode())
-        plot_eda(eda, documents, out_dir / "eda.png")
-    print_summary(eda, report, config.clean)
-
+    # Whatever can still go wrong with this corpus is found before the first file is written: a failed run leaves
+    # the output folder as it was, never a mix of new and old files.
     config.split = config.split or ("contiguous" if len(texts) == 1 else "doc")
     train_texts, val_texts = split_documents(texts, config)
+    eda = explore(documents, config.seed, config.samples)
+    eda["cleansing"] = report
+    print_summary(eda, report, config.clean)
+    out_dir = Path(config.out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SystemExit(f"error: cannot create --out_dir {out_dir} ({error.strerror}); name a folder you can "
+                         f"write to") from None
     encode, decode, vocab_size, eot_id, extra = build_tokenizer(config, train_texts, "\n\n".join(texts), out_dir)
     dtype = config.dtype if config.dtype != "auto" else ("uint16" if vocab_size <= 1 << 16 else "uint32")
     if vocab_size > np.iinfo(dtype).max + 1:
         raise SystemExit(f"error: a vocabulary of {vocab_size:,} tokens does not fit in {dtype}; use --dtype uint32 "
                          f"(or auto)")
+
+    write_atomic(out_dir / "cleansed.txt", "\n\n".join(texts).encode())
+    jsonl = "".join(json.dumps(document, ensure_ascii=False) + "\n" for document in documents)
+    write_atomic(out_dir / "cleansed.jsonl", jsonl.encode())
+    if config.eda:
+        write_atomic(out_dir / "eda.json", json.dumps(eda, indent=1, ensure_ascii=False).encode())
+        plot_eda(eda, documents, out_dir / "eda.png")
     counts = {}
     for name, part in (("train", train_texts), ("val", val_texts)):
         ids = np.array(encode_documents(part, encode, eot_id), dtype=dtype)
@@ -723,7 +743,8 @@ def main(argv=None):
         comments = dict(re.findall(r"^\s+(\w+): .*?  # (.+)$", inspect.getsource(Config), re.M))
     except (OSError, TypeError):  # source not available (e.g. a frozen app): flags still work, without help
         comments = {}
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False)  # a misspelled flag is an error, never a guess
     for field in fields(Config):
         help_text = comments.get(field.name, "")
         if field.default not in ("", None) and "default" not in help_text:
@@ -737,8 +758,11 @@ def main(argv=None):
         else:
             parser.add_argument(f"--{field.name}", type=field.type, default=field.default, help=help_text)
     args, unknown = parser.parse_known_args(argv)
+    # A notebook kernel passes "-f kernel.json"; ignore exactly that, and name anything else.
+    if "-f" in unknown[:-1]:
+        del unknown[unknown.index("-f"):unknown.index("-f") + 2]
     if unknown:
-        print(f"warning: ignoring unknown arguments {' '.join(unknown)} (see --help)", file=sys.stderr)
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (see --help for the options)")
     return prepare(Config(**vars(args)))
 
 

@@ -1,6 +1,9 @@
 """bpe.py: the textbook example, round trips, exact equality with tiktoken's GPT-2, both trainers agreeing, files."""
 
 import json
+import os
+import random
+import time
 
 import pytest
 
@@ -160,6 +163,43 @@ def test_fast_encoder_equals_the_textbook_merge_loop(word):
     assert tokenizer.explain(word)[-1] == f"ids: {tokenizer.encode(word)}"
 
 
+@pytest.mark.parametrize("alphabet, length", [("ab", 50), ("ab ", 300), ("abc", 2_000), ("aab b", 5_000)])
+def test_heap_encoder_equals_the_loop_on_long_random_chunks(alphabet, length, monkeypatch):
+    """Chunks above LONG_CHUNK bytes take the heap encoder; it must choose exactly the merges the loop chooses."""
+    rng = random.Random(length)
+    training_text = "".join(rng.choice(alphabet) for _ in range(3_000))
+    tokenizer = Tokenizer.train(training_text, 320, pattern="none", special_tokens=())
+    for _ in range(5):
+        chunk = "".join(rng.choice(alphabet) for _ in range(rng.randint(length // 2, length))).encode()
+        monkeypatch.setattr(bpe, "LONG_CHUNK", float("inf"))  # the loop, whatever the length
+        loop = tokenizer._encode_chunk(chunk)
+        monkeypatch.setattr(bpe, "LONG_CHUNK", 0)  # the heap, whatever the length
+        heap = tokenizer._encode_chunk(chunk)
+        assert heap == loop and len(loop) < len(chunk) // 2  # many merges applied, many ties between equal pairs
+
+
+def test_heap_encoder_equals_the_loop_for_gpt2(gpt2, shakespeare, monkeypatch):
+    """GPT-2's merges are not numbered like a trained tokenizer's (its byte ids are permuted): the same answer."""
+    rng = random.Random(0)
+    chunks = [shakespeare[:3_000].encode(), bytes(rng.randrange(256) for _ in range(1_000)), b" " * 500 + b"x"]
+    for chunk in chunks:
+        monkeypatch.setattr(bpe, "LONG_CHUNK", float("inf"))
+        loop = gpt2._encode_chunk(chunk)
+        monkeypatch.setattr(bpe, "LONG_CHUNK", 0)
+        assert gpt2._encode_chunk(chunk) == loop
+
+
+def test_pattern_none_encodes_a_long_text_in_practical_time(shakespeare):
+    """pattern="none" makes the whole text one chunk. The loop is quadratic (minutes for 200,000 characters on a
+    laptop); the heap encoder takes about a second, so this bound leaves a wide margin for a slow machine."""
+    tokenizer = Tokenizer.train(shakespeare[:20_000], 320, pattern="none", special_tokens=())
+    text = shakespeare[:200_000]
+    start = time.perf_counter()
+    ids = tokenizer.encode(text)
+    assert time.perf_counter() - start < 30
+    assert tokenizer.decode(ids) == text and len(ids) < 0.7 * len(text)
+
+
 def test_explain_shows_the_merges_of_one_word(gpt2):
     steps = gpt2.explain(" Shakespeare")
     assert steps[0].startswith("bytes: [ ] [S]")
@@ -276,6 +316,12 @@ def test_empty_training_text(text):
         Tokenizer.train(text, vocab_size=300)
 
 
+@pytest.mark.parametrize("special_tokens", [("",), ("<|endoftext|>", "")])
+def test_empty_special_token(special_tokens):
+    with pytest.raises(ValueError, match="a special token is empty: give each one some text"):
+        Tokenizer.train("hello world", vocab_size=300, special_tokens=special_tokens)
+
+
 def test_decode_unknown_id(small_tokenizer):
     with pytest.raises(ValueError, match="cannot decode token id 400: this tokenizer's ids are 0..399"):
         small_tokenizer.decode([65, 400])
@@ -297,8 +343,24 @@ def test_load_wrong_version(small_tokenizer, tmp_path):
     with pytest.raises(ValueError, match="is a 'nanoverse-bpe v2' file but this bpe.py reads 'nanoverse-bpe v1'"):
         Tokenizer.load(tmp_path / "tok.model")
     (tmp_path / "other.model").write_text("#version: 0.2\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="line 1: expected the header"):
+    with pytest.raises(ValueError, match="other.model is not a bpe.py .model file \\(it starts with '#version: 0.2'"):
         Tokenizer.load(tmp_path / "other.model")
+
+
+def test_load_the_vocab_listing_says_to_pass_the_model_file(small_tokenizer, tmp_path):
+    small_tokenizer.save(tmp_path / "tok")
+    for name in ("tok.vocab", "renamed.txt"):  # found by its name, or by its first line "[\\x00] 0"
+        (tmp_path / name).write_bytes((tmp_path / "tok.vocab").read_bytes())
+        with pytest.raises(ValueError, match=f"{name} is the human-readable .vocab listing, which cannot be loaded: "
+                                             "pass the .model file"):
+            Tokenizer.load(tmp_path / name)
+
+
+def test_load_accepts_a_byte_order_mark(small_tokenizer, tmp_path):
+    """An editor on Windows may add one when the file is opened and saved."""
+    small_tokenizer.save(tmp_path / "tok")
+    (tmp_path / "bom.model").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "tok.model").read_bytes())
+    assert Tokenizer.load(tmp_path / "bom.model").merges == small_tokenizer.merges
 
 
 @pytest.mark.parametrize(
@@ -307,6 +369,7 @@ def test_load_wrong_version(small_tokenizer, tmp_path):
         (lambda lines: lines.__setitem__(20, "12 x 300"), "line 21: expected three integers"),
         (lambda lines: lines.__setitem__(20, "999 3 300"), "line 21: expected a merge of two known ids"),
         (lambda lines: lines.__setitem__(1, "pattern [1]"), "line 2: expected pattern"),
+        (lambda lines: lines.__setitem__(1, 'pattern "(unclosed"'), "line 2: expected pattern"),
         (lambda lines: lines.__setitem__(5, "bytes 1 2 3"), "line 6: expected bytes followed by 256"),
         (lambda lines: lines.__delitem__(slice(30, None)), "ends early: expected a merge after line 30"),
         (lambda lines: lines.append("1 2 3"), "expected the end of the file"),
@@ -359,17 +422,80 @@ def test_cli_train_encode_decode_show(shakespeare, tmp_path, capsys):
         (["train", "--input", "{missing}"], "does not exist"),
         (["train", "--input", "{model}", "--vocab_size", "100"], "vocab_size=100 is too small"),
         (["encode", "--model", "{model}"], "encode needs some text"),
+        (["train", "--input", "{model}", "--special", ""], "a special token is empty"),
+        (["show", "--model", "{vocab}", "hi"], "is the human-readable .vocab listing"),
+        (["train", "--input", "{folder}"], "is a folder: give one text file"),
     ],
 )
 def test_cli_errors_are_one_sentence(small_tokenizer, tmp_path, argv, message):
     small_tokenizer.save(tmp_path / "tok")
-    names = {"model": str(tmp_path / "tok.model"), "missing": str(tmp_path / "missing.model")}
+    names = {"model": str(tmp_path / "tok.model"), "missing": str(tmp_path / "missing.model"),
+             "vocab": str(tmp_path / "tok.vocab"), "folder": str(tmp_path)}
     with pytest.raises(SystemExit) as error:
         bpe.main([word.format(**names) for word in argv])
     text = str(error.value.code)
     assert message in text and "\n" not in text and text.startswith("bpe.py: ")
 
 
-def test_notebook_arguments_are_ignored():
+def test_notebook_arguments_are_ignored(small_tokenizer, tmp_path, capsys):
     assert bpe._without_notebook_arguments(["-f", "/root/kernel.json", "--vocab_size", "300"]) == [
         "--vocab_size", "300"]
+    small_tokenizer.save(tmp_path / "tok")
+    ids = bpe.main(["-f", "/root/kernel.json", "encode", "--model", str(tmp_path / "tok.model"), "hi there"])
+    assert ids == small_tokenizer.encode("hi there") and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--vocabsize", "300"], "unrecognized arguments: --vocabsize 300"),
+        (["train", "--vocab", "300"], "unrecognized arguments: --vocab 300"),  # no guessing from a prefix
+        (["show", "--model", "gpt2", "-f", "a.json", "-f", "b.json", "hi"], "unrecognized arguments: -f b.json"),
+        (["train", "--input", "corpus.txt", "extra", "words"], "train reads its text from --input FILE"),
+    ],
+)
+def test_cli_rejects_unknown_flags_and_stray_words(argv, message, capsys):
+    """A misspelled flag must not quietly train the default tokenizer: argparse names it and stops (exit code 2)."""
+    with pytest.raises(SystemExit) as error:
+        bpe.main(argv)
+    assert error.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_reads_an_input_file_with_a_byte_order_mark(small_tokenizer, tmp_path, capsys):
+    """Notepad saves UTF-8 with a byte order mark; it is not part of the text and must not become tokens."""
+    small_tokenizer.save(tmp_path / "tok")
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf" + "First Citizen:".encode())
+    ids = bpe.main(["encode", "--model", str(tmp_path / "tok.model"), "--input", str(tmp_path / "bom.txt")])
+    assert ids == small_tokenizer.encode("First Citizen:")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Files on disk: permissions and the cached download
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_saved_files_follow_the_umask(small_tokenizer, tmp_path, umask, mode):
+    """Like every other output file: readable by others unless the user's umask says otherwise."""
+    previous = os.umask(umask)
+    try:
+        small_tokenizer.save(tmp_path / "tok")
+    finally:
+        os.umask(previous)
+    assert {(tmp_path / name).stat().st_mode & 0o777 for name in ("tok.model", "tok.vocab")} == {mode}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok.model", "tok.vocab"]  # no temporary left behind
+
+
+def test_cached_download_is_checked_before_use(tmp_path, monkeypatch, shakespeare):
+    monkeypatch.delenv("NANOVERSE_DATA")
+    cached = tmp_path / "tinyshakespeare" / "input.txt"
+    cached.parent.mkdir()
+    cached.write_text(shakespeare, encoding="utf-8")
+    assert bpe.data_file("tinyshakespeare/input.txt", cache_dir=tmp_path) == cached  # the right file: no download
+
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(bpe.urllib.request, "urlopen", no_network)
+    cached.write_text(shakespeare[:1000], encoding="utf-8")  # a download cut short
+    with pytest.raises(RuntimeError, match="the cached .*input.txt is damaged \\(sha256 mismatch\\) and a fresh copy"):
+        bpe.data_file("tinyshakespeare/input.txt", cache_dir=tmp_path)

@@ -255,7 +255,7 @@ def test_main_writes_every_file_and_shows_batches(tmp_path, capsys):
     meta = pd.main(["custom", "--input", str(path), "--out_dir", str(tmp_path / "out"), "--tokenizer", "char",
                     "--show_batches", "--block_size", "8", "--batch_size", "2", "-f", "kernel.json"])
     out = capsys.readouterr()
-    assert "ignoring unknown arguments -f kernel.json" in out.err  # a pasted notebook cell still runs
+    assert out.err == ""  # the notebook kernel's "-f kernel.json" is dropped without a word: a pasted cell runs
     names = {"cleansed.txt", "cleansed.jsonl", "eda.json", "eda.png", "train.bin", "val.bin", "meta.json"}
     assert names == {p.name for p in (tmp_path / "out").iterdir()}
     eda = json.loads((tmp_path / "out" / "eda.json").read_text())
@@ -315,7 +315,7 @@ def test_no_network_and_no_local_copy_says_how_to_supply_the_file(tmp_path, monk
     config = pd.Config(dataset="shakespeare_char", cache_dir=str(tmp_path / "cache"), out_dir=str(tmp_path / "out"))
     with pytest.raises(SystemExit, match="could not download .*input.txt.*pass it with --input PATH"):
         pd.prepare(config)  # the test harness refuses network connections
-    assert not any((tmp_path / "cache").glob("*"))  # no half-downloaded file left behind
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # no half-downloaded file left behind
     for name in ("lyrics", "poems"):
         with pytest.raises(SystemExit, match=f"{name} dataset has no local copy .*kaggle.com.*--input"):
             pd.prepare(pd.Config(dataset=name, out_dir=str(tmp_path / "out")))
@@ -330,13 +330,93 @@ def test_download_checks_sha256_caches_and_never_leaves_a_partial_file(tmp_path,
         threading.Thread(target=server.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{server.server_address[1]}/input.txt"
         expected = hashlib.sha256(served.read_bytes()).hexdigest()
+        target = tmp_path / "cache" / "tinyshakespeare" / "input.txt"
         with pytest.raises(SystemExit, match="not the expected one"):
-            pd.download(url, "0" * 64, tmp_path / "cache")
-        assert list((tmp_path / "cache").iterdir()) == []
-        path = pd.download(url, expected, tmp_path / "cache")
-        assert path.read_bytes() == served.read_bytes()
+            pd.download(url, "0" * 64, target)
+        assert list(target.parent.iterdir()) == []
+        path = pd.download(url, expected, target)
+        assert path == target and path.read_bytes() == served.read_bytes()
+        target.write_bytes(b"To be, or not")  # a damaged cached copy is fetched again
+        assert pd.download(url, expected, target).read_bytes() == served.read_bytes()
         server.shutdown()
-    assert pd.download(url, expected, tmp_path / "cache") == path  # from the cache: the server is gone
+    assert pd.download(url, expected, target) == path  # from the cache: the server is gone
+
+
+@pytest.mark.parametrize("suffix, content", [
+    (".csv", "Title,Poem,Poet\nT0,\"%s\",A\nT1,\"%s\",B\n" % (POEMS[0], POEMS[1])),
+    (".json", json.dumps([{"title": "T0", "poem": POEMS[0]}, {"title": "T1", "poem": POEMS[1]}])),
+    (".jsonl", "".join(json.dumps({"title": f"T{i}", "poem": POEMS[i]}) + "\n" for i in range(2))),
+])
+def test_utf8_byte_order_mark_is_accepted(tmp_path, suffix, content):
+    """Excel and Notepad begin UTF-8 files with a byte order mark; it must not eat the first CSV column's name."""
+    path = write(tmp_path / f"bom{suffix}", b"\xef\xbb\xbf" + content.encode())
+    documents, _ = pd.read_documents(path, config_for(tmp_path))
+    assert [(d["title"], d["text"]) for d in documents] == [("T0", POEMS[0]), ("T1", POEMS[1])]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--samples", "-1"], "--samples must be 0 or more, not -1"),
+        (["--show_batches", "--batch_size", "0"], "--batch_size must be at least 1 window, not 0"),
+        (["--show_batches", "--block_size", "-3"], "--block_size must be at least 1 token, not -3"),
+        (["--block_size", "0"], "--block_size must be at least 1 token, not 0"),
+        (["--out_dir", "{file}"], "--out_dir .*taken.txt is a file; name a folder"),
+        (["--out_dir", "{file}/inside"], "cannot create --out_dir .*inside"),
+        (["--tokenizer", "bpe", "--vocab_size", "70000", "--dtype", "uint16"], "70,000 does not fit in uint16"),
+    ],
+)
+def test_bad_options_get_one_clear_sentence(data_dir, tmp_path, argv, message):
+    taken = write(tmp_path / "taken.txt", "not a folder")
+    argv = [word.format(file=taken) for word in argv]
+    with pytest.raises(SystemExit, match=message):
+        pd.main(["shakespeare_char", "--no-eda", *argv] + ([] if "--out_dir" in argv else
+                                                            ["--out_dir", str(tmp_path / "out")]))
+    assert not (tmp_path / "out").exists() and taken.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"split": "doc"}, "needs at least 2 documents"),
+        ({"dtype": "uint16", "clean": False}, "does not fit in uint16"),
+    ],
+)
+def test_a_failing_run_writes_nothing(tmp_path, overrides, message):
+    """Everything that can fail is checked before the first file is written: the output folder keeps its old run."""
+    if overrides.get("dtype") == "uint16":  # more distinct characters than uint16 can number
+        text = "".join(chr(c) for c in range(0x4E00, 0x4E00 + 66_000 + 2048) if not 0xD800 <= c < 0xE000)
+    else:
+        text = "just one document"
+    out = tmp_path / "out"
+    write(out / "meta.json", "from the last run")
+    config = config_for(tmp_path, input=str(write(tmp_path / "one.txt", text)), eda=True, **overrides)
+    with pytest.raises(SystemExit, match=message):
+        pd.prepare(config)
+    assert [p.name for p in out.iterdir()] == ["meta.json"] and (out / "meta.json").read_text() == "from the last run"
+
+
+@pytest.mark.parametrize("argv", [["--vocabsize", "512"], ["--vocab", "512"], ["-f", "a.json", "--seeds", "3"]])
+def test_unknown_flag_is_an_error_not_a_warning(argv, capsys):
+    """A misspelled flag would otherwise run with the default it meant to change; prefixes are not guessed either."""
+    with pytest.raises(SystemExit) as error:
+        pd.main(["shakespeare_char", *argv])
+    assert error.value.code == 2
+    assert f"unrecognized arguments: {' '.join(argv[-2:])}" in capsys.readouterr().err
+
+
+def test_one_cached_download_serves_prepare_data_and_bpe(data_dir, tmp_path, monkeypatch):
+    """Tiny Shakespeare is cached once, at data/tinyshakespeare/input.txt (the mirror's layout), for every script."""
+    import bpe
+
+    monkeypatch.delenv("NANOVERSE_DATA")
+    cached = write(tmp_path / "data" / "tinyshakespeare" / "input.txt",
+                   (data_dir / "tinyshakespeare" / "input.txt").read_bytes())
+    assert pd.Config().cache_dir == "data" and pd.DATASETS["shakespeare_char"]["mirror"] == "tinyshakespeare/input.txt"
+    config = pd.Config(dataset="shakespeare_char", cache_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"),
+                       eda=False)
+    assert pd.locate_input(pd.resolve_defaults(config))[0] == cached  # the network is blocked: no download
+    assert bpe.data_file("tinyshakespeare/input.txt", cache_dir=tmp_path / "data") == cached
 
 
 def test_command_line_error_is_one_line_without_traceback(tmp_path):
