@@ -130,10 +130,14 @@ def download(url, path, sha256):
 
 def find_data(relative, required=True):
     """Look for a data file in $NANOVERSE_DATA, then data/, then download it into data/ when we know where from."""
-    for folder in (os.environ.get("NANOVERSE_DATA"), "data"):
-        if folder and (Path(folder) / relative).exists():
-            return Path(folder) / relative
     url, sha256 = DATA_FILES[relative]
+    mirror = os.environ.get("NANOVERSE_DATA")
+    if mirror and (Path(mirror) / relative).exists():
+        return Path(mirror) / relative
+    cached = Path("data") / relative
+    # A downloaded copy is checked on every use: one cut short or edited by hand is fetched again below.
+    if cached.exists() and not (url and cached.is_file() and hashlib.sha256(cached.read_bytes()).hexdigest() != sha256):
+        return cached
     if url is None:
         if required:
             raise SystemExit(f"{relative} was not found: set NANOVERSE_DATA to the data folder that holds it, "

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,3 +257,17 @@ def test_smoke_run_on_lyrics_writes_pictures_table_and_vectors(tmp_path, data_di
     assert json.loads((out_dir / "results.json").read_text())["config"]["dim"] == 20
     vectors = ep.load_text_vectors(out_dir / "vectors.txt")
     assert vectors.vectors.shape[1] == 20 and "love" in vectors.index
+
+
+def test_a_damaged_cached_download_is_fetched_again(tmp_path, data_dir, monkeypatch):
+    relative = "word_similarity/wordsim353/combined.csv"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NANOVERSE_DATA", raising=False)
+    fetched = []
+    monkeypatch.setattr(ep, "download", lambda url, path, sha256: fetched.append(path))
+    cached = tmp_path / "data" / relative
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes((data_dir / relative).read_bytes())  # the real file: used as it is
+    assert ep.find_data(relative) == Path("data") / relative and fetched == []
+    cached.write_bytes((data_dir / relative).read_bytes()[:100])  # cut short: downloaded again
+    assert ep.find_data(relative) == Path("data") / relative and fetched == [Path("data") / relative]
