@@ -49,7 +49,7 @@ class Config:
     mode: str = "finetune"  # finetune (evaluate, train, evaluate, save), generate (samples only) or evaluate
     init_from: str = "gpt2"  # gpt2, gpt2-medium/-large/-xl, distilgpt2, a Hugging Face folder, a gpt.py ckpt.pt, resume
     input: str = ""  # a .txt file or a folder of .txt files to fine-tune on (raw text, tokenized here)
-    data_dir: str = "data/lyrics"  # or token files from `python prepare_data.py lyrics --tokenizer gpt2`
+    data_dir: str = "data/lyrics"  # or token files from `python prepare_data.py lyrics --tokenizer gpt2 --input DIR`
     cache_dir: str = "data/huggingface"  # downloaded GPT-2 checkpoints are kept here
     out_dir: str = "out-finetune"  # checkpoint (ckpt.pt), log.jsonl, loss.png
     save_hf: str = ""  # also write a Hugging Face folder here (config.json, model.safetensors, tokenizer, model card)
@@ -58,7 +58,7 @@ class Config:
     val_fraction: float = 0.1  # share of the documents held out for validation when reading --input
     # --- training
     epochs: int = 1  # passes over the training windows
-    max_steps: int = -1  # stop after this many optimizer steps; -1 runs all epochs
+    max_steps: int = -1  # train exactly this many optimizer steps, however many epochs that is; -1: --epochs decides
     batch_size: int = 4  # windows per micro-batch
     grad_accum_steps: int = 1  # micro-batches summed into one optimizer step
     learning_rate: float = 5e-5  # peak learning rate; fine-tuning wants a small one so GPT-2 keeps what it knows
@@ -71,7 +71,8 @@ class Config:
     log_interval: int = 10  # print and log the training loss every this many steps
     sample_every: int = 0  # print a generated sample every this many steps; 0 only before and after
     seed: int = 1337  # seed for the data order, dropout and sampling
-    device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, mps
+    device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps
+    threads: int = 0  # CPU threads for torch; 0 keeps torch's default (one per core)
     dtype: str = "auto"  # float32, bfloat16 or float16 autocast; auto: bfloat16 on CUDA when supported, else float32
     compile: bool = None  # torch.compile the model; by default on for CUDA, off on CPU
     # --- generation
@@ -365,6 +366,9 @@ CAUSAL_MASK_BUFFERS = (".attn.bias", ".attn.masked_bias")
 
 def load_weights(model, state, source, conv1d):
     """Copy a GPT-2 state dict into model (transposing Conv1D weights when conv1d is True); name every mismatch."""
+    if not (isinstance(state, dict) and all(isinstance(t, torch.Tensor) for t in state.values())):
+        raise CheckpointError(f"{source} does not hold a state dict (names mapped to tensors): save the model's "
+                              f"state_dict(), or pass its Hugging Face folder")
     ours = {name: tensor for name, tensor in model.state_dict().items() if name != "lm_head.weight"}
     mapped = {}
     for key, tensor in state.items():
@@ -397,8 +401,23 @@ def export_weights(model):
     return state
 
 
+def build_model(config, source):
+    """GPT(config), after checking the shape numbers a config file could get wrong (GPT would fail deep inside)."""
+    for field in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        value = getattr(config, field)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise CheckpointError(f"{source} gives {field} = {value!r}; it must be a positive whole number")
+    if not isinstance(config.layer_norm_epsilon, (int, float)) or not config.layer_norm_epsilon > 0:
+        raise CheckpointError(f"{source} gives layer_norm_epsilon = {config.layer_norm_epsilon!r}; it must be > 0")
+    if config.n_embd % config.n_head:
+        raise CheckpointError(f"{source}: n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})")
+    return GPT(config)
+
+
 def config_from_hf(hf, source):
     """GPTConfig from a Hugging Face GPT-2 config.json dict; refuse what the block cannot compute."""
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{source} holds a JSON {type(hf).__name__}, not the object of a GPT-2 config.json")
     if hf.get("model_type", "gpt2") != "gpt2":
         raise CheckpointError(f"{source} is a {hf.get('model_type')!r} model; this script reads GPT-2 only")
     activations = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_fast": "gelu", "relu": "relu"}
@@ -452,32 +471,55 @@ def load_hf_folder(folder):
     else:
         raise CheckpointError(f"{folder} has neither model.safetensors nor pytorch_model.bin "
                               f"(sharded checkpoints are not read here)")
-    model = GPT(config)
+    model = build_model(config, config_path)
     load_weights(model, state, source, conv1d=True)
     return model
 
 
+GPT_PY_FORMAT = "nanoverse-gpt-v1"  # the format tag gpt.py writes into its checkpoints
+GPT_ROPE_FORMAT = "nanoverse-gpt-rope-v1"  # ... and gpt_rope.py into its own
+
+
+def read_torch_checkpoint(path, what_to_do):
+    """torch.load with weights_only: a pickle that tries to build anything but tensors and plain data is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, random bytes, or a pickle that wants to run code: one answer for all
+        # torch's own message suggests weights_only=False, which would run whatever the file contains: not repeated.
+        raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint ({type(error).__name__}): it is "
+                              f"truncated, damaged or no checkpoint at all; {what_to_do}") from None
+
+
 def load_gpt_py_checkpoint(path):
     """A ckpt.pt written by gpt.py: its GPT uses nn.Linear already, so the weights copy without transposes."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"{path} could not be read as a checkpoint ({type(error).__name__}: {error})") from None
-    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict)
-            and isinstance(checkpoint.get("config"), dict)):
-        raise CheckpointError(f"{path} is not a gpt.py checkpoint (a dict with 'model' and 'config')")
-    saved = checkpoint["config"]
+    sources = f"pass a gpt.py ckpt.pt, a Hugging Face folder, or one of {', '.join(HUB_MODELS)}"
+    checkpoint = read_torch_checkpoint(path, sources)
+    kind = checkpoint.get("format") if isinstance(checkpoint, dict) else None
+    if kind == CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is this script's own checkpoint: continue that run with --init_from resume "
+                              f"--out_dir {Path(path).parent}, or start anew from the folder its --save_hf wrote")
+    saved = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    if kind == GPT_ROPE_FORMAT or (isinstance(saved, dict) and "rope_theta" in saved):
+        raise CheckpointError(f"{path} is a gpt_rope.py checkpoint (rotary positions); GPT-2 learns a table of "
+                              f"positions, so only gpt.py checkpoints (--pos learned) can be fine-tuned here")
+    if kind not in (None, GPT_PY_FORMAT) or not isinstance(saved, dict) or \
+            not isinstance(checkpoint.get("model"), dict):
+        raise CheckpointError(f"{path} is not a gpt.py checkpoint" + (f" (its format is {kind!r})" if kind else "")
+                              + f": {sources}")
     if saved.get("pos", "learned") != "learned":
         raise CheckpointError(f"{path} uses {saved['pos']} positions; GPT-2 learns a position table, so train gpt.py "
                               f"with --pos learned")
-    tokenizer = (checkpoint.get("meta") or {}).get("tokenizer", "gpt2")  # gpt.py keeps the data's meta.json
-    if tokenizer != "gpt2" or saved.get("vocab_size", 0) < 50257:
-        raise CheckpointError(f"{path} was trained with the {tokenizer} tokenizer ({saved.get('vocab_size')} ids), "
-                              f"not GPT-2's: prepare "
-                              f"the data with `python prepare_data.py <dataset> --tokenizer gpt2` before gpt.py")
+    meta = checkpoint.get("meta") if isinstance(checkpoint.get("meta"), dict) else {}
+    tokenizer = meta.get("tokenizer", "gpt2")  # gpt.py keeps the data's meta.json
+    vocab_size = saved.get("vocab_size")
+    hint = "prepare the data with `python prepare_data.py <dataset> --tokenizer gpt2` before gpt.py"
+    if tokenizer != "gpt2":
+        raise CheckpointError(f"{path} was trained with the {tokenizer} tokenizer, not GPT-2's: {hint}")
+    if not isinstance(vocab_size, int) or vocab_size < 50257:
+        raise CheckpointError(f"{path} has vocab_size {vocab_size!r}, fewer token ids than GPT-2's 50257: {hint}")
     fields = {field.name for field in dataclasses.fields(GPTConfig)}
     config = GPTConfig(**{key: value for key, value in saved.items() if key in fields})
-    model = GPT(config)
+    model = build_model(config, path)
     state = {key.removeprefix("_orig_mod."): value for key, value in checkpoint["model"].items()}
     load_weights(model, state, path, conv1d=False)
     return model
@@ -684,12 +726,32 @@ def encode_documents(documents, encoding):
     return np.array(ids, dtype=np.int64)
 
 
+PREPARE = "`python prepare_data.py lyrics --tokenizer gpt2 --input DIR` (or your dataset)"
+
+
+def check_data_source(config):
+    """An --input or --data_dir the user named must exist and be what it claims: never train on something else."""
+    if config.input:
+        if not Path(config.input).exists():
+            raise SystemExit(f"--input {config.input} does not exist: point it at a .txt file or a folder of them")
+    elif config.data_dir != Config.data_dir:
+        data_dir = Path(config.data_dir)
+        if not data_dir.is_dir():
+            raise SystemExit(f"--data_dir {data_dir} does not exist: run {PREPARE} first, or pass --input "
+                             f"FILE_OR_FOLDER of .txt files")
+        if not (data_dir / "meta.json").is_file():
+            raise SystemExit(f"--data_dir {data_dir} has no meta.json, so it is no prepare_data.py folder: run "
+                             f"{PREPARE} first, or pass .txt files with --input {data_dir}")
+
+
 def load_corpus(config, encoding):
-    """(train token ids, validation token ids, validation documents as text)."""
+    """(train token ids, validation token ids, validation documents as text, the file or folder they came from)."""
+    check_data_source(config)
     data_dir, mirror = Path(config.data_dir), os.environ.get("NANOVERSE_DATA")
     source = config.input
-    if not source and not (data_dir / "meta.json").is_file() and mirror and (Path(mirror) / "poetry_lyrics").is_dir():
-        source = str(Path(mirror) / "poetry_lyrics")  # the local data mirror's lyrics, when nothing else is given
+    if not source and config.data_dir == Config.data_dir and not (data_dir / "meta.json").is_file() and mirror \
+            and (Path(mirror) / "poetry_lyrics").is_dir():
+        source = str(Path(mirror) / "poetry_lyrics")  # nothing named and no data/lyrics: the local mirror's lyrics
     if source:
         documents = read_documents(source)
         order = np.random.default_rng(config.seed).permutation(len(documents))  # a seeded split by document
@@ -698,7 +760,8 @@ def load_corpus(config, encoding):
         train = encode_documents([documents[i] for i in order[n_val:]], encoding)
         val = encode_documents(val_documents, encoding)
     elif (data_dir / "meta.json").is_file():
-        hint = "run `python prepare_data.py lyrics --tokenizer gpt2` (or your dataset) again"
+        hint = f"run {PREPARE} again"
+        source = str(data_dir)
         try:
             meta = json.loads((data_dir / "meta.json").read_text())
             train, val = (np.memmap(data_dir / f"{split}.bin", dtype=np.dtype(meta["dtype"]), mode="r")
@@ -707,16 +770,19 @@ def load_corpus(config, encoding):
             raise SystemExit(f"{data_dir} is not a complete prepare_data.py folder ({error}): {hint}") from None
         if meta.get("tokenizer") != "gpt2" or meta.get("format") != "nanoverse-tokens-v1":
             raise SystemExit(f"{data_dir} holds {meta.get('tokenizer')} tokens, not GPT-2's: {hint}")
-        ends = np.flatnonzero(np.asarray(val[:2_000_000]) == encoding.eot_token)  # documents end at <|endoftext|>
+        head = np.asarray(val[:2_000_000])
+        ends = np.flatnonzero(head == encoding.eot_token)  # prepare_data.py puts <|endoftext|> between documents,
+        if len(head) == len(val) and (len(ends) == 0 or ends[-1] != len(val) - 1):  # not after the last one
+            ends = np.append(ends, len(val))
         val_documents = [encoding.decode(val[start + 1:end].tolist()) for start, end in zip([-1, *ends[:199]], ends)]
     else:
-        raise SystemExit(f"no training data in {data_dir}: run `python prepare_data.py lyrics --tokenizer gpt2` "
-                         f"first, or pass --input FILE_OR_FOLDER of .txt files")
+        raise SystemExit(f"no training data in {data_dir}: run {PREPARE} first, or pass --input FILE_OR_FOLDER of "
+                         f".txt files")
     for name, tokens in (("training", train), ("validation", val)):
         if len(tokens) <= config.block_size + 1:
             raise SystemExit(f"the {name} split has {len(tokens)} tokens, too few for --block_size "
                              f"{config.block_size}: give more text or a smaller --block_size")
-    return train, val, val_documents
+    return train, val, val_documents, source
 
 
 class TokenWindows(Dataset):
@@ -914,16 +980,22 @@ def distinct_n(texts, n):
 
 
 def bleu_passages(documents, config):
-    """(prompt, reference) pairs: the first bleu_prompt_lines lines of a held-out document, then the next lines."""
-    pairs = []
+    """(prompt, reference) pairs: bleu_prompt_lines lines of a held-out document, then the next lines.
+
+    The first passage of every document comes first; only when there are fewer documents than bleu_samples (a few
+    long ones, such as one file per artist) do later passages of the same documents follow, round by round.
+    """
     needed = config.bleu_prompt_lines + config.bleu_reference_lines
-    for document in documents:
-        lines = [line for line in document.split("\n") if line.strip()]
-        if len(lines) >= needed:
-            pairs.append(("\n".join(lines[:config.bleu_prompt_lines]) + "\n",
-                          "\n".join(lines[config.bleu_prompt_lines:needed])))
-        if len(pairs) == config.bleu_samples:
-            break
+    documents = [[line for line in document.split("\n") if line.strip()] for document in documents]
+    pairs = []
+    for start in range(0, max(map(len, documents), default=0) - needed + 1, needed):
+        for lines in documents:
+            if len(pairs) == config.bleu_samples:
+                return pairs
+            if len(lines) >= start + needed:
+                passage = lines[start:start + needed]
+                pairs.append(("\n".join(passage[:config.bleu_prompt_lines]) + "\n",
+                              "\n".join(passage[config.bleu_prompt_lines:])))
     return pairs
 
 
@@ -948,7 +1020,12 @@ def evaluate_generation(model, encoding, pairs, config, device):
 
 
 def learning_rate_at(step, total_steps, config):
-    """Linear warmup from 0 to learning_rate, then a straight line down to 0 at the last step."""
+    """Linear warmup up to learning_rate, then a straight line that would reach 0 at step total_steps.
+
+    Steps count from 0, so the first step already moves (at learning_rate / warmup_steps) and the last one, number
+    total_steps - 1, still takes learning_rate / (total_steps - warmup_steps): no step is spent at a rate of 0.
+    Hugging Face's get_linear_schedule_with_warmup decays the same way.
+    """
     if step < config.warmup_steps:
         return config.learning_rate * (step + 1) / config.warmup_steps
     return config.learning_rate * max(0.0, (total_steps - step) / max(1, total_steps - config.warmup_steps))
@@ -964,24 +1041,36 @@ def make_optimizer(model, config, device):
                              fused=device.type in ("cuda", "cpu"))
 
 
-def save_checkpoint(path, model, optimizer, config, step, history):
-    """Write the checkpoint to a temporary file, then rename it: a crash never leaves half a checkpoint."""
+def save_checkpoint(path, model, optimizer, config, progress, history, origin):
+    """Write the checkpoint to a temporary file, then rename it: a crash never leaves half a checkpoint.
+
+    progress: the step, the epochs done and the training losses since the last evaluation row. origin names the base
+    model and the data of the first run, so that a resumed run's model card can still say what it started from.
+    The random states make a resumed run draw the same dropout masks as an unbroken one.
+    """
     checkpoint = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                   "model_config": dataclasses.asdict(model.config), "config": dataclasses.asdict(config),
-                  "step": step, "history": history, "rng": torch.get_rng_state()}
+                  **progress, "history": history, "origin": origin, "rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        checkpoint["cuda_rng"] = torch.cuda.get_rng_state_all()
     temporary = Path(f"{path}.tmp")
     torch.save(checkpoint, temporary)
     os.replace(temporary, path)
 
 
 def finetune(model, train_tokens, val_tokens, config, device, autocast, scaler, resume=None, log=print,
-             on_sample=None, rank=0, world_size=1):
-    """Train model in place for config.epochs (or config.max_steps); returns (per-epoch rows, per-step losses)."""
+             on_sample=None, rank=0, world_size=1, origin=None):
+    """Train model in place for config.epochs, or exactly config.max_steps steps when that is set (it wins, as in
+    Hugging Face's Trainer); returns (one row per evaluation, per-step losses, progress as saved in checkpoints)."""
     raw_model = model  # the plain module: checkpoints, evaluation and samples use it, never the compiled/DDP wrapper
     if config.freeze_layers:  # embeddings (so also the tied output layer) and the lowest blocks stay as GPT-2 left them
         for module in [raw_model.transformer.wte, raw_model.transformer.wpe,
                        *raw_model.transformer.h[:config.freeze_layers]]:
             module.requires_grad_(False)
+    if rank == 0:
+        trainable_count = sum(p.numel() for p in raw_model.parameters() if p.requires_grad)
+        frozen = f" (embeddings and the lowest {config.freeze_layers} blocks frozen)" if config.freeze_layers else ""
+        print(f"training {trainable_count:,} of {sum(p.numel() for p in raw_model.parameters()):,} parameters{frozen}")
     optimizer = make_optimizer(raw_model, config, device)
     train_set = TokenWindows(train_tokens, config.block_size)
     windows_per_step = config.batch_size * config.grad_accum_steps * world_size
@@ -990,31 +1079,42 @@ def finetune(model, train_tokens, val_tokens, config, device, autocast, scaler, 
         raise SystemExit(f"the training split has {len(train_set)} windows of {config.block_size} tokens, fewer than "
                          f"one step takes ({windows_per_step}): use a smaller --batch_size or --block_size")
     total_steps = config.max_steps if config.max_steps >= 0 else config.epochs * steps_per_epoch
-    step, history, step_losses = 0, [], []
+    # recent_losses: the training losses since the last evaluation row, which that row's train_loss averages.
+    step, history, step_losses, recent_losses = 0, [], [], []
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
-        step, history = resume["step"], resume["history"]
+        step, history, recent_losses = resume["step"], resume["history"], resume.get("recent_losses", [])
         torch.set_rng_state(resume["rng"])
+        if "cuda_rng" in resume and torch.cuda.is_available() and len(resume["cuda_rng"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(resume["cuda_rng"])
     if config.compile:
         model = torch.compile(model)
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                           else None)
     trainable = [p for p in raw_model.parameters() if p.requires_grad]
+
+    def progress():
+        return {"step": step, "epochs": round(step / steps_per_epoch, 2), "recent_losses": recent_losses}
+
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc="fine-tuning", disable=rank != 0, leave=False)
     try:
         while step < total_steps:
             epoch = step // steps_per_epoch
             # The order of the windows depends only on the seed and the epoch, so a resumed run sees the same batches.
+            # The loader gets its own generator too: starting an iterator draws a seed from it, and drawn from the
+            # global one it would shift a resumed run's dropout masks away from those of an unbroken run.
+            order = torch.Generator().manual_seed(config.seed + epoch)
             if world_size > 1:
                 sampler = torch.utils.data.DistributedSampler(train_set, world_size, rank, seed=config.seed + epoch)
             else:
-                sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(config.seed + epoch))
-            batches = iter(DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True))
+                sampler = RandomSampler(train_set, generator=order)
+            batches = iter(DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True,
+                                      generator=order))
             for _ in range((step - epoch * steps_per_epoch) * config.grad_accum_steps):
                 next(batches)  # resuming in the middle of an epoch: skip the batches already trained on
-            epoch_start, epoch_losses = time.time(), []
+            epoch_start, steps_timed = time.time(), 0
             while step < min(total_steps, (epoch + 1) * steps_per_epoch):
                 lr = learning_rate_at(step, total_steps, config)
                 for group in optimizer.param_groups:
@@ -1038,7 +1138,8 @@ def finetune(model, train_tokens, val_tokens, config, device, autocast, scaler, 
                 step += 1
                 bar.update(1)
                 seconds = time.time() - step_start
-                epoch_losses.append(step_loss)
+                recent_losses.append(step_loss)
+                steps_timed += 1
                 step_losses.append((step, step_loss))
                 if rank == 0 and (step % config.log_interval == 0 or step == total_steps):
                     record = {"step": step, "loss": round(step_loss, 4), "lr": lr, "ms_per_step": round(seconds * 1e3),
@@ -1051,21 +1152,27 @@ def finetune(model, train_tokens, val_tokens, config, device, autocast, scaler, 
             if rank == 0:
                 val_loss = evaluate_loss(raw_model, val_tokens, config, device, autocast)
                 seconds = time.time() - epoch_start
-                row = {"epoch": epoch + 1, "step": step, "train_loss": round(float(np.mean(epoch_losses)), 4),
+                # Epochs completed so far: 1.0 at the end of the first, 0.3 where --max_steps stopped inside it, so
+                # that a run resumed inside an epoch adds a row with a new number rather than a second "epoch 1".
+                row = {"epoch": round(step / steps_per_epoch, 2), "step": step,
+                       "train_loss": round(float(np.mean(recent_losses)), 4),
                        "val_loss": round(val_loss, 4), "val_ppl": round(math.exp(val_loss), 2),
                        "seconds": round(seconds, 1),
-                       "tokens_per_sec": round(len(epoch_losses) * windows_per_step * config.block_size / seconds)}
+                       "tokens_per_sec": round(steps_timed * windows_per_step * config.block_size / seconds)}
                 history.append(row)
-                log(row, f"epoch {row['epoch']} | train loss {row['train_loss']:.4f} | val loss {val_loss:.4f} | "
+                recent_losses = []
+                log(row, f"epoch {row['epoch']:g} | train loss {row['train_loss']:.4f} | val loss {val_loss:.4f} | "
                          f"val ppl {row['val_ppl']:.2f} | {seconds:.1f} s")
-                save_checkpoint(Path(config.out_dir) / "ckpt.pt", raw_model, optimizer, config, step, history)
+                save_checkpoint(Path(config.out_dir) / "ckpt.pt", raw_model, optimizer, config, progress(), history,
+                                origin)
     except KeyboardInterrupt:  # Ctrl-C: keep what was learned, then evaluate and save as after a normal finish
         if rank == 0:
-            print(f"\ninterrupted at step {step}: saving {Path(config.out_dir) / 'ckpt.pt'}")
-            save_checkpoint(Path(config.out_dir) / "ckpt.pt", raw_model, optimizer, config, step, history)
+            tqdm.write(f"\ninterrupted at step {step}: saving {Path(config.out_dir) / 'ckpt.pt'}")
+            save_checkpoint(Path(config.out_dir) / "ckpt.pt", raw_model, optimizer, config, progress(), history,
+                            origin)
     bar.close()
     raw_model.eval()
-    return history, step_losses
+    return history, step_losses, progress()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1093,21 +1200,51 @@ def save_hf_folder(model, folder, encoding, card=""):
     write_text(folder / "README.md", card)
 
 
-def model_card(config, results, model):
-    """A short Hugging Face model card: YAML metadata, what the model is, how to use it, how it was trained."""
-    base = HUB_MODELS.get(config.init_from)
-    rows = "\n".join(f"| {name} | {before} | {after} |" for name, before, after in results)
+def public_name(source):
+    """The last part of a path: a model card is published, and the folders of the machine that trained the model
+    mean nothing to its readers (and may be private)."""
+    return Path(str(source)).name or str(source)
+
+
+def model_card(model, origin, settings=None, progress=None, results=(), columns=("base", "fine-tuned")):
+    """A short Hugging Face model card: YAML metadata, what the model is, how to use it, how it was trained.
+
+    origin: {"base_model": what the first run started from, "data": [what each run trained on]}. settings: the
+    training Config as a dict, or None when the model was only converted (--mode generate from a base model).
+    progress: {"step": optimizer steps in all, "epochs": passes over the training data}.
+    """
+    base = origin["base_model"]
+    hub_id = HUB_MODELS.get(base)
+    size = f"A {model.config.n_layer}-layer GPT-2 ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)"
+    if settings is None:
+        title = "GPT-2 in the Hugging Face format"
+        summary = f"{size}: `{public_name(base)}` converted by nanoverse's `finetune_gpt2.py`, without any training."
+        training = ""
+    else:
+        title = "GPT-2 fine-tuned on verse"
+        data = ", then on ".join(f"`{public_name(name)}`" for name in origin["data"])
+        summary = f"{size} started from `{public_name(base)}` and fine-tuned on {data} with nanoverse's " \
+                  f"`finetune_gpt2.py`."
+        table = "".join(f"| {name} | {before} | {after} |\n" for name, before, after in results)
+        if table:
+            table = f"\n| metric (validation split) | {columns[0]} | {columns[1]} |\n| --- | --- | --- |\n{table}"
+        training = (
+            f"\n## Training\n\n"
+            f"block_size {settings['block_size']}, batch {settings['batch_size']} x {settings['grad_accum_steps']} "
+            f"accumulation, AdamW at {settings['learning_rate']:g} (linear warmup {settings['warmup_steps']} steps, "
+            f"linear decay), weight decay {settings['weight_decay']}, dropout {settings['dropout']}, "
+            f"{progress['step']} optimizer steps ({progress['epochs']:g} epochs), frozen blocks "
+            f"{settings['freeze_layers']}.\n{table}")
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation
 tags: [gpt2, text-generation, poetry, lyrics, nanoverse]
-{f'base_model: {base}' if base else ''}
+{f'base_model: {hub_id}' if hub_id else ''}
 ---
 
-# GPT-2 fine-tuned on verse
+# {title}
 
-A {model.config.n_layer}-layer GPT-2 ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters) started from
-`{config.init_from}` and fine-tuned on `{config.input or config.data_dir}` with nanoverse's `finetune_gpt2.py`.
+{summary}
 
 ## Use
 
@@ -1117,17 +1254,7 @@ from transformers import pipeline
 generator = pipeline("text-generation", model="path/or/hub-id")
 print(generator("Walking down the road of life", max_new_tokens=60, do_sample=True, top_p=0.95)[0]["generated_text"])
 ```
-
-## Training
-
-block_size {config.block_size}, batch {config.batch_size} x {config.grad_accum_steps} accumulation, AdamW at
-{config.learning_rate:g} (linear warmup {config.warmup_steps} steps, linear decay), weight decay {config.weight_decay},
-dropout {config.dropout}, {config.epochs} epoch(s), max_steps {config.max_steps}, frozen blocks {config.freeze_layers}.
-
-| metric (validation split) | base | fine-tuned |
-| --- | --- | --- |
-{rows}
-
+{training}
 ## Limitations
 
 A small model trained on a small corpus: it imitates the style of its training text, repeats itself, and knows
@@ -1149,8 +1276,10 @@ def plot_losses(step_losses, history, path):
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    temporary = Path(f"{path}.tmp")
+    fig.savefig(temporary, dpi=120, format="png")
     plt.close(fig)
+    os.replace(temporary, path)
 
 
 def print_table(rows, columns):
@@ -1171,13 +1300,29 @@ def check_config(config):
                            ("dtype", ("auto", "float32", "bfloat16", "float16"))):
         if getattr(config, field) not in choices:
             raise SystemExit(f"--{field} must be one of {', '.join(choices)}, not {getattr(config, field)!r}")
-    for field in ("block_size", "batch_size", "grad_accum_steps", "log_interval", "num_return_sequences"):
+    for field in ("block_size", "epochs", "batch_size", "grad_accum_steps", "log_interval", "num_return_sequences",
+                  "max_new_tokens", "bleu_prompt_lines", "bleu_reference_lines"):
         if getattr(config, field) < 1:
             raise SystemExit(f"--{field} must be at least 1, not {getattr(config, field)}")
-    if not 0.0 <= config.dropout < 1.0 or not 0.0 < config.val_fraction < 1.0:
-        raise SystemExit("--dropout must be in [0, 1) and --val_fraction in (0, 1)")
-    if config.temperature < 0 or not 0.0 < config.top_p <= 1.0 or config.repetition_penalty <= 0:
-        raise SystemExit("--temperature must be >= 0, --top_p in (0, 1] and --repetition_penalty > 0")
+    for field in ("warmup_steps", "weight_decay", "grad_clip", "freeze_layers", "eval_batches", "sample_every",
+                  "threads", "top_k", "no_repeat_ngram_size", "bleu_samples", "temperature"):
+        if getattr(config, field) < 0:
+            raise SystemExit(f"--{field} must be 0 or more, not {getattr(config, field)}")
+    if config.max_steps < -1:
+        raise SystemExit(f"--max_steps must be -1 (train for --epochs) or a number of steps, not {config.max_steps}")
+    if not 0 <= config.seed < 2**32:  # numpy's and torch's generators both accept this range
+        raise SystemExit(f"--seed must be between 0 and {2**32 - 1}, not {config.seed}")
+    if not config.learning_rate > 0:
+        raise SystemExit(f"--learning_rate must be more than 0, not {config.learning_rate}")
+    if not 0.0 <= config.dropout < 1.0:
+        raise SystemExit(f"--dropout must be in [0, 1), not {config.dropout}")
+    if not 0.0 < config.val_fraction < 1.0:
+        raise SystemExit(f"--val_fraction must be in (0, 1), not {config.val_fraction}")
+    if not 0.0 < config.top_p <= 1.0:
+        raise SystemExit(f"--top_p must be in (0, 1], not {config.top_p}")
+    if not config.repetition_penalty > 0:
+        raise SystemExit(f"--repetition_penalty must be more than 0 (1 changes nothing), not "
+                         f"{config.repetition_penalty}")
 
 
 def parse_config(argv=None):
@@ -1203,12 +1348,25 @@ def parse_config(argv=None):
     return config
 
 
+def pick_device(name):
+    """torch.device for --device; a name torch does not know, or a device this machine lacks, in one sentence."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and not (kind == "cuda" and index.isdigit())):
+        raise SystemExit(f"--device {name} is not a device name: use auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: this PyTorch has no CUDA device; use --device cpu or auto")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise SystemExit(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered "
+                         f"from 0; use --device cuda or auto")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise SystemExit(f"--device {name}: this PyTorch has no MPS device; use --device cpu or auto")
+    return torch.device(name)
+
+
 def pick_device_and_dtype(config):
-    if config.device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    else:
-        device = config.device
-    device = torch.device(device)
+    device = pick_device(config.device)
     dtype = config.dtype
     if dtype == "auto":
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -1218,6 +1376,43 @@ def pick_device_and_dtype(config):
     autocast = nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # fp16 gradients underflow without it
     return device, autocast, scaler
+
+
+def check_output_folder(path, flag):
+    """Refuse up front a folder that could never be created because a file stands where it or a parent would go,
+    rather than fail after minutes of work."""
+    for part in [Path(path), *Path(path).parents]:
+        if part.exists():
+            if not part.is_dir():
+                raise SystemExit(f"{flag} {path}: {part} is a file, not a folder; choose another path")
+            return
+
+
+def load_resume_checkpoint(path):
+    """This script's own checkpoint and the model in it; anything else is named in one sentence."""
+    fresh = "start a fresh run with another --out_dir (or delete that file)"
+    if not path.is_file():
+        raise SystemExit(f"--init_from resume needs {path}: train once without it first")
+    checkpoint = read_torch_checkpoint(path, fresh)
+    kind = checkpoint.get("format") if isinstance(checkpoint, dict) else None
+    if kind == GPT_PY_FORMAT:
+        raise CheckpointError(f"{path} is a gpt.py checkpoint, not a fine-tuning run to resume: fine-tune from it "
+                              f"with --init_from {path} and another --out_dir")
+    if kind != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} was not written by finetune_gpt2.py (format {kind!r}): {fresh}")
+    missing = [key for key in ("model", "model_config", "optimizer", "config", "step", "history", "rng")
+               if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path} is a damaged finetune_gpt2.py checkpoint (no {', '.join(missing)}): {fresh}")
+    try:
+        model = build_model(GPTConfig(**checkpoint["model_config"]), path)
+        model.load_state_dict(checkpoint["model"])
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path} is a damaged finetune_gpt2.py checkpoint ({type(error).__name__}): "
+                              f"{fresh}") from None
+    return checkpoint, model
 
 
 def main(argv=None):
@@ -1239,36 +1434,58 @@ def run(config):
     device, autocast, scaler = pick_device_and_dtype(config)
     if config.compile is None:
         config.compile = device.type == "cuda"
-    torch.manual_seed(config.seed + rank)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    resuming = config.init_from == "resume"
+    # Everything that can be refused is refused here, before a model is downloaded or a step is trained.
+    if config.mode != "generate":
+        check_data_source(config)
+        check_output_folder(out_dir, "--out_dir")
+    if config.save_hf:
+        check_output_folder(config.save_hf, "--save_hf")
+    if config.mode == "finetune" and not resuming and (out_dir / "ckpt.pt").exists():
+        raise SystemExit(f"{out_dir} already holds a run (ckpt.pt): continue it with --init_from resume, or choose "
+                         f"another --out_dir (or delete that one)")
+    torch.manual_seed(config.seed + rank)
+    log_mode = "w" if config.mode == "finetune" and not resuming else "a"  # a fresh run starts its log anew
 
     def log(record, line):
+        nonlocal log_mode
         if rank == 0:
             tqdm.write(line)
-            with open(out_dir / "log.jsonl", "a") as f:
+            with open(out_dir / "log.jsonl", log_mode) as f:
                 f.write(json.dumps(record) + "\n")
+            log_mode = "a"
 
     encoding = load_tokenizer()
     resume = None
-    if config.init_from == "resume":
-        path = out_dir / "ckpt.pt"
-        if not path.is_file():
-            raise SystemExit(f"--init_from resume needs {path}: train once without it first")
-        resume = torch.load(path, map_location="cpu", weights_only=True)
-        if resume.get("format") != CHECKPOINT_FORMAT:
-            raise SystemExit(f"{path} was not written by finetune_gpt2.py (format {resume.get('format')!r})")
-        model = GPT(GPTConfig(**resume["model_config"]))
-        model.load_state_dict(resume["model"])
+    if resuming:
+        resume, model = load_resume_checkpoint(out_dir / "ckpt.pt")
+        saved = resume["config"]
+        origin = resume.get("origin") or {"base_model": saved.get("init_from", "?"),
+                                          "data": [saved.get("input") or saved.get("data_dir", "?")]}
+        if config.mode == "finetune":
+            # The optimizer state holds moments only for the parameters that were trainable, and the data order is
+            # a permutation of windows of one length: both belong to the checkpoint's values.
+            for field in ("freeze_layers", "block_size"):
+                if field in saved and saved[field] != getattr(config, field):
+                    print(f"note: resuming with the checkpoint's --{field} {saved[field]}; "
+                          f"--{field} {getattr(config, field)} applies to fresh runs only")
+                    setattr(config, field, saved[field])
     else:
         model = load_model(config)
+        origin = {"base_model": config.init_from, "data": []}
     if config.dropout != model.config.dropout:  # rebuild with fine-tuning dropout; the weights stay the same
         weights = model.state_dict()
         model = GPT(dataclasses.replace(model.config, dropout=config.dropout))
         model.load_state_dict(weights)
-    if config.block_size > model.config.block_size:
+    if config.mode != "generate" and config.block_size > model.config.block_size:  # generation slides its own window
         raise SystemExit(f"--block_size {config.block_size} is longer than the model's context "
                          f"({model.config.block_size}): use a smaller one")
+    if config.freeze_layers > model.config.n_layer:
+        raise SystemExit(f"--freeze_layers {config.freeze_layers} is more than the model's {model.config.n_layer} "
+                         f"blocks: use a number from 0 to {model.config.n_layer}")
     model.to(device)
     if model.config.vocab_size < encoding.n_vocab:
         raise SystemExit(f"the model has {model.config.vocab_size} token ids but GPT-2's tokenizer needs "
@@ -1279,18 +1496,34 @@ def run(config):
             raise SystemExit(f"--prompt {prompt}: there is no file {prompt[5:]}")
         prompt = Path(prompt[5:]).read_text(encoding="utf-8", errors="replace")
     if rank == 0:
-        print(f"model: {config.init_from} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+        started = f"{out_dir / 'ckpt.pt'} at step {resume['step']}, started from {origin['base_model']}" \
+            if resuming else config.init_from
+        print(f"model: {started} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
               f"{model.config.n_layer} layers) on {device}")
 
     if config.mode == "generate":
         for text in sample_texts(model, encoding, prompt, config, device, config.seed):
             print(f"{text}\n{'-' * 80}")
         if config.save_hf:
-            save_hf_folder(model, config.save_hf, encoding, model_card(config, [], model))
+            if resuming:  # the checkpoint was trained, and its card says how; anything else was only converted
+                card = model_card(model, origin, resume["config"], {"step": resume["step"],
+                                                                    "epochs": resume.get("epochs", 0)})
+            else:
+                card = model_card(model, origin)
+            save_hf_folder(model, config.save_hf, encoding, card)
+            print(f"\nsaved a Hugging Face folder in {config.save_hf}")
         return
 
-    train_tokens, val_tokens, val_documents = load_corpus(config, encoding)
+    train_tokens, val_tokens, val_documents, data_source = load_corpus(config, encoding)
+    out_dir.mkdir(parents=True, exist_ok=True)
     pairs = bleu_passages(val_documents, config) if config.bleu_samples else []
+    if rank == 0:
+        print(f"data: {data_source} ({len(train_tokens):,} training and {len(val_tokens):,} validation tokens)")
+        if len(pairs) < config.bleu_samples:
+            needed = config.bleu_prompt_lines + config.bleu_reference_lines
+            print(f"note: the validation split holds only {len(pairs)} passages of {needed} non-empty lines "
+                  f"(--bleu_samples {config.bleu_samples}), so BLEU " + (
+                      "is skipped" if not pairs else f"rests on {len(pairs)} passages: read it as a rough figure"))
 
     def measure(label):
         val_loss = evaluate_loss(model, val_tokens, config, device, autocast)
@@ -1302,20 +1535,23 @@ def run(config):
         log({"eval": label} | scores, f"{label}: " + ", ".join(f"{k} {v}" for k, v in scores.items()))
         return scores
 
+    # After a resume the starting point is the checkpoint, not the base model (which is not loaded again): say so.
+    before_label = f"at resume (step {resume['step']})" if resuming else "base model"
     if rank == 0:
-        print(f"data: {len(train_tokens):,} training and {len(val_tokens):,} validation tokens")
-        before = measure("base model")
+        before = measure(before_label)
         before_samples = sample_texts(model, encoding, prompt, config, device, config.seed)
     if config.mode == "evaluate":
         for text in before_samples:
             print(f"{text}\n{'-' * 80}")
         return
 
-    def show_sample(step):
-        print(f"--- sample at step {step}:\n{sample_texts(model, encoding, prompt, config, device, step)[0]}")
+    def show_sample(step):  # tqdm.write keeps the text off the progress bar's line
+        tqdm.write(f"--- sample at step {step}:\n{sample_texts(model, encoding, prompt, config, device, step)[0]}")
 
-    history, step_losses = finetune(model, train_tokens, val_tokens, config, device, autocast, scaler, resume, log,
-                                    show_sample, rank, world_size)
+    if not origin["data"] or origin["data"][-1] != data_source:
+        origin["data"] = [*origin["data"], data_source]
+    history, step_losses, progress = finetune(model, train_tokens, val_tokens, config, device, autocast, scaler,
+                                              resume, log, show_sample, rank, world_size, origin)
     if rank == 0:
         after = measure("fine-tuned")
         after_samples = sample_texts(model, encoding, prompt, config, device, config.seed)
@@ -1323,15 +1559,17 @@ def run(config):
             print("\ntraining")
             columns = list(history[0])
             print_table([[row[c] for c in columns] for row in history], columns)
-        print("\nbase model vs fine-tuned")
+        print(f"\n{before_label} vs fine-tuned")
         results = [(name, before[name], after[name]) for name in before]
-        print_table(results, ["metric", "base", "fine-tuned"])
+        print_table(results, ["metric", before_label, "fine-tuned"])
         for i, (old, new) in enumerate(zip(before_samples, after_samples)):
-            print(f"\n=== sample {i + 1}, base model ===\n{old}\n=== sample {i + 1}, fine-tuned ===\n{new}")
+            print(f"\n=== sample {i + 1}, {before_label} ===\n{old}\n=== sample {i + 1}, fine-tuned ===\n{new}")
         if step_losses:
             plot_losses(step_losses, history, out_dir / "loss.png")
         if config.save_hf:
-            save_hf_folder(model, config.save_hf, encoding, model_card(config, results, model))
+            card = model_card(model, origin, dataclasses.asdict(config), progress, results,
+                              (before_label, "fine-tuned"))
+            save_hf_folder(model, config.save_hf, encoding, card)
             print(f"\nsaved a Hugging Face folder in {config.save_hf}")
     if world_size > 1:
         torch.distributed.destroy_process_group()

@@ -7,6 +7,7 @@ real ones, then read by the hand-written loader.
 import ast
 import http.server
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -402,3 +403,248 @@ def test_command_line_tolerates_a_notebook_and_names_bad_flags():
         ft.parse_config(["--top_p", "0"])
     with pytest.raises(SystemExit, match="--mode must be one of"):
         ft.parse_config(["--mode", "train"])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Runs, resumes and the mistakes a new user makes: each one is a single sentence, never a traceback
+
+
+@pytest.fixture
+def small_run(tmp_path, data_dir):
+    """A tiny GPT-2 (GPT-2's vocabulary, 2 blocks of width 32), ~1,400 training tokens, and the flags of a short run:
+    8 windows of 32 tokens per step make 5 steps per epoch."""
+    corpus = tmp_path / "verse"
+    corpus.mkdir()
+    for name in ("adele.txt", "dickinson.txt"):
+        text = (data_dir / "poetry_lyrics" / name).read_text(encoding="utf-8", errors="replace")
+        (corpus / name).write_text(text[:3000], encoding="utf-8")
+    tiny_hf_model(2, 2, 32, 64, 50257).save_pretrained(tmp_path / "base")
+    threads = torch.get_num_threads()
+    yield ["--init_from", str(tmp_path / "base"), "--input", str(corpus), "--block_size", "32", "--batch_size", "8",
+            "--eval_batches", "1", "--bleu_samples", "0", "--max_new_tokens", "3", "--num_return_sequences", "1",
+            "--log_interval", "1", "--learning_rate", "1e-3", "--warmup_steps", "2", "--threads", "1"]
+    torch.set_num_threads(threads)  # --threads 1 set it for the whole process: the tests after these keep theirs
+
+
+def log_records(out_dir):
+    return [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
+
+
+def one_sentence(error):
+    message = str(error.value.code if isinstance(error.value, SystemExit) else error.value)
+    assert "\n" not in message and "Traceback" not in message and "weights_only" not in message, message
+    return message
+
+
+def test_a_fresh_run_never_overwrites_a_run_and_resume_appends_to_its_log(small_run, tmp_path):
+    out = tmp_path / "out"
+    ft.main(small_run + ["--out_dir", str(out), "--max_steps", "2"])
+    first_log = (out / "log.jsonl").read_text()
+    weights = (out / "ckpt.pt").read_bytes()
+    with pytest.raises(SystemExit) as error:
+        ft.main(small_run + ["--out_dir", str(out), "--max_steps", "1"])
+    assert "already holds a run (ckpt.pt)" in one_sentence(error) and "--init_from resume" in one_sentence(error)
+    assert (out / "ckpt.pt").read_bytes() == weights and (out / "log.jsonl").read_text() == first_log
+    ft.main(small_run + ["--out_dir", str(out), "--max_steps", "3", "--init_from", "resume"])
+    log = (out / "log.jsonl").read_text()
+    assert log.startswith(first_log) and len(log) > len(first_log)
+    assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 3
+    (out / "ckpt.pt").unlink()  # no checkpoint any more: a fresh run may use the folder and starts its log anew
+    ft.main(small_run + ["--out_dir", str(out), "--max_steps", "1"])
+    records = log_records(out)
+    assert records[0]["eval"] == "base model" and [r["step"] for r in records if "loss" in r] == [1]
+
+
+def test_resume_continues_exactly_with_dropout(small_run, tmp_path, monkeypatch, capsys):
+    # 8 steps with dropout 0.2, once straight and once stopped (as Ctrl-C stops it) after step 3 and resumed; the
+    # resumed half crosses the end of the first epoch (5 steps). Same masks, same batches: the same weights.
+    run = small_run + ["--dropout", "0.2", "--max_steps", "8", "--sample_every", "4"]
+    ft.main(run + ["--out_dir", str(tmp_path / "straight")])
+    learning_rate_at = ft.learning_rate_at
+
+    def ctrl_c_before_step_3(step, total_steps, config):
+        if step == 3:
+            raise KeyboardInterrupt
+        return learning_rate_at(step, total_steps, config)
+
+    monkeypatch.setattr(ft, "learning_rate_at", ctrl_c_before_step_3)
+    ft.main(run + ["--out_dir", str(tmp_path / "resumed")])
+    monkeypatch.setattr(ft, "learning_rate_at", learning_rate_at)
+    assert torch.load(tmp_path / "resumed" / "ckpt.pt", weights_only=True)["step"] == 3
+    capsys.readouterr()
+    ft.main(run + ["--out_dir", str(tmp_path / "resumed"), "--init_from", "resume", "--freeze_layers", "1"])
+    printed = capsys.readouterr().out
+    assert "resuming with the checkpoint's --freeze_layers 0" in printed  # the optimizer state fits only that
+    straight, resumed = (torch.load(tmp_path / name / "ckpt.pt", weights_only=True) for name in ("straight", "resumed"))
+    assert straight["model_config"]["dropout"] == 0.2 and straight["step"] == resumed["step"] == 8
+    for name, tensor in straight["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+    losses = [[(r["step"], r["loss"]) for r in log_records(tmp_path / name) if "loss" in r]
+              for name in ("straight", "resumed")]
+    assert losses[0] == losses[1] == sorted(losses[0]) and len(losses[0]) == 8
+    # One row per evaluation, numbered by the epochs done, the same whether or not the run was interrupted.
+    rows = [[(r["epoch"], r["step"], r["train_loss"], r["val_loss"]) for r in checkpoint["history"]]
+            for checkpoint in (straight, resumed)]
+    assert rows[0] == rows[1] and [row[:2] for row in rows[0]] == [(1.0, 5), (1.6, 8)]
+    # The comparison after a resume is with the checkpoint it started from, and is labelled so.
+    assert "at resume (step 3) vs fine-tuned" in printed and "base model vs" not in printed
+    assert "--- sample at step 4" in printed and "--- sample at step 8" in printed
+
+
+def test_unreadable_and_foreign_checkpoints_are_named(small_run, tmp_path):
+    out = tmp_path / "out"
+    ft.main(small_run + ["--out_dir", str(out), "--max_steps", "1"])
+    good = (out / "ckpt.pt").read_bytes()
+    for broken in (bytes(range(256)) * 20, good[:len(good) // 2]):  # random bytes, a truncated file
+        (out / "ckpt.pt").write_bytes(broken)
+        with pytest.raises(SystemExit) as error:
+            ft.main(small_run + ["--out_dir", str(out), "--init_from", "resume", "--mode", "evaluate"])
+        assert "cannot be read as a PyTorch checkpoint" in one_sentence(error)
+    (out / "ckpt.pt").write_bytes(good)
+    other = tmp_path / "other"
+    with pytest.raises(SystemExit) as error:  # this script's own checkpoint passed as a starting point
+        ft.main(small_run + ["--init_from", str(out / "ckpt.pt"), "--out_dir", str(other)])
+    assert f"--init_from resume --out_dir {out}" in one_sentence(error)
+    config = {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "vocab_size": 50257, "dropout": 0.0}
+    foreign = {
+        "random bytes": (bytes(range(256)) * 20, "cannot be read as a PyTorch checkpoint"),
+        "gpt_rope.py": ({"format": "nanoverse-gpt-rope-v1", "model": {}, "config": config | {"rope_theta": 1e4},
+                         "meta": {"tokenizer": "gpt2"}}, "gpt_rope.py checkpoint"),
+        "gpt_rope.py, untagged": ({"model": {}, "config": config | {"rope_theta": 1e4}}, "gpt_rope.py checkpoint"),
+        "seq2seq_rnn.py": ({"format": "nanoverse-seq2seq-rnn-v1", "model": {}, "config": {"cell": "lstm"}},
+                           "not a gpt.py checkpoint"),
+        "a bare tensor": (torch.zeros(3), "not a gpt.py checkpoint"),
+    }
+    for name, (content, message) in foreign.items():
+        path = tmp_path / "foreign.pt"
+        path.write_bytes(content) if isinstance(content, bytes) else torch.save(content, path)
+        with pytest.raises(SystemExit) as error:
+            ft.main(small_run + ["--init_from", str(path), "--out_dir", str(other)])
+        assert message in one_sentence(error), name
+    assert not other.exists()  # refused before anything was written
+
+
+def test_malformed_hugging_face_folders_are_named(tmp_path):
+    reference = tiny_hf_model(2, 2, 32, 64, 300)
+    reference.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for bad, message in (([], "JSON list"), (config | {"n_head": 0}, "n_head = 0"),
+                         (config | {"n_head": 3}, "divisible"), (config | {"n_layer": "2"}, "n_layer = '2'")):
+        (tmp_path / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(ft.CheckpointError, match=message):
+            ft.load_hf_folder(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(torch.zeros(3), tmp_path / "pytorch_model.bin")  # one tensor, not a dict of named ones
+    with pytest.raises(ft.CheckpointError, match="does not hold a state dict"):
+        ft.load_hf_folder(tmp_path)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seed", "-1"], "--seed must be between 0"),
+    (["--eval_batches", "-1"], "--eval_batches must be 0 or more"),
+    (["--top_k", "-3"], "--top_k must be 0 or more"),
+    (["--max_new_tokens", "-5"], "--max_new_tokens must be at least 1"),
+    (["--no_repeat_ngram_size", "-2"], "--no_repeat_ngram_size must be 0 or more"),
+    (["--freeze_layers", "-1"], "--freeze_layers must be 0 or more"),
+    (["--max_steps", "-2"], "--max_steps must be -1"),
+    (["--temperature", "-1"], "^--temperature must be 0 or more, not -1.0$"),
+    (["--top_p", "1.5"], r"^--top_p must be in \(0, 1\], not 1.5$"),
+    (["--repetition_penalty", "0"], "^--repetition_penalty must be more than 0"),
+])
+def test_bad_values_are_named_alone(flags, message):
+    with pytest.raises(SystemExit, match=message):
+        ft.parse_config(flags)
+
+
+def test_devices_that_are_not_there_are_named():
+    with pytest.raises(SystemExit, match="^--device gpu is not a device name: use auto, cpu, cuda"):
+        ft.pick_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="^--device cuda: this PyTorch has no CUDA device; use --device cpu"):
+            ft.pick_device("cuda")
+    assert ft.pick_device("cpu") == torch.device("cpu")
+
+
+def test_mistakes_are_refused_before_any_work(small_run, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("not a folder")
+    cases = [
+        (["--freeze_layers", "3"], "--freeze_layers 3 is more than the model's 2 blocks: use a number from 0 to 2"),
+        (["--save_hf", str(tmp_path / "a_file")], "is a file, not a folder"),
+        (["--out_dir", str(tmp_path / "a_file" / "run")], "is a file, not a folder"),
+        (["--input", "", "--data_dir", str(tmp_path / "missing")], "--data_dir " + str(tmp_path / "missing")
+         + " does not exist"),
+        (["--input", "", "--data_dir", str(tmp_path)], "has no meta.json"),
+    ]
+    for flags, message in cases:
+        with pytest.raises(SystemExit) as error:
+            ft.main(small_run + ["--out_dir", str(tmp_path / "out")] + flags)
+        assert message in one_sentence(error), flags
+        assert not re.search(r"training [\d,]+ of", capsys.readouterr().out)  # nothing was trained
+    ft.main(small_run + ["--out_dir", str(tmp_path / "out"), "--freeze_layers", "2", "--max_steps", "1",
+                         "--bleu_samples", "500", "--max_new_tokens", "1"])
+    printed = capsys.readouterr().out
+    assert torch.get_num_threads() == 1  # --threads
+    assert f"data: {small_run[small_run.index('--input') + 1]} (" in printed
+    passages = int(re.search(r"BLEU \((\d+) passages\)", printed).group(1))
+    assert 0 < passages < 500 and f"holds only {passages} passages" in printed
+    trainable, total = (int(n.replace(",", "")) for n in re.search(r"training ([\d,]+) of ([\d,]+) parameters",
+                                                                  printed).groups())
+    assert trainable == 2 * 32 == total - (50257 + 64) * 32 - 2 * 12 * 32 * 32 - 2 * 13 * 32  # only ln_f is left
+
+
+def test_max_steps_overrides_epochs_and_the_model_card_says_what_happened(small_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # --mode generate below leaves --out_dir at its default: it must not be created
+    out = tmp_path / "out"
+    ft.main(small_run + ["--out_dir", str(out), "--epochs", "1", "--max_steps", "7", "--save_hf", str(out / "hf")])
+    checkpoint = torch.load(out / "ckpt.pt", weights_only=True)
+    assert checkpoint["step"] == 7 and [row["epoch"] for row in checkpoint["history"]] == [1.0, 1.4]
+    card = (out / "hf" / "README.md").read_text()
+    assert "7 optimizer steps (1.4 epochs)" in card and "started from `base` and fine-tuned on `verse`" in card
+    assert str(tmp_path) not in card and "| base model | fine-tuned |" in card
+    ft.main(small_run + ["--out_dir", str(out), "--init_from", "resume", "--max_steps", "9", "--save_hf",
+                         str(out / "hf")])
+    card = (out / "hf" / "README.md").read_text()
+    assert "9 optimizer steps (1.8 epochs)" in card and "started from `base`" in card and "`resume`" not in card
+    assert "| at resume (step 7) | fine-tuned |" in card and str(tmp_path) not in card
+    # --block_size longer than the model's context (64) matters only to training and evaluation, not to sampling.
+    ft.main(small_run + ["--mode", "generate", "--save_hf", str(tmp_path / "converted"), "--block_size", "128"])
+    card = (tmp_path / "converted" / "README.md").read_text()
+    assert "`base` converted" in card and "without any training" in card and "## Training" not in card
+    assert not (tmp_path / "out-finetune").exists() and str(tmp_path) not in card
+
+
+def test_learning_rate_schedule_matches_its_docstring():
+    config = ft.Config(learning_rate=1.0, warmup_steps=4)
+    rates = [ft.learning_rate_at(step, 10, config) for step in range(11)]
+    assert rates[:4] == [0.25, 0.5, 0.75, 1.0]  # warmup: the first step already moves
+    assert rates[4] == 1.0 and rates[9] == pytest.approx(1 / 6) and rates[10] == 0.0  # 0 only after the last step
+    assert all(a > b for a, b in zip(rates[4:], rates[5:]))
+
+
+def test_bleu_passages_reach_into_long_documents():
+    config = ft.Config(bleu_samples=5, bleu_prompt_lines=2, bleu_reference_lines=1)
+    documents = ["\n".join(f"{name}{i}" for i in range(n)) for name, n in (("a", 7), ("b", 3), ("c", 2))]
+    pairs = ft.bleu_passages(documents, config)
+    # First the opening of every document long enough, then the next passage of each, round by round.
+    assert pairs == [("a0\na1\n", "a2"), ("b0\nb1\n", "b2"), ("a3\na4\n", "a5")]
+    assert ft.bleu_passages(documents, ft.Config(bleu_samples=1, bleu_prompt_lines=2, bleu_reference_lines=1)) == \
+        [("a0\na1\n", "a2")]
+
+
+def test_the_last_validation_document_of_a_token_folder_is_kept(tmp_path, gpt2_encoding):
+    import numpy as np
+
+    eot = gpt2_encoding.eot_token
+    documents = [f"poem number {i}\nline two\nline three\nline four" for i in range(3)]
+    val = []
+    for i, document in enumerate(documents):  # prepare_data.py puts <|endoftext|> between documents only
+        val += ([eot] if i else []) + gpt2_encoding.encode_ordinary(document)
+    train = (gpt2_encoding.encode_ordinary(" ".join(documents)) + [eot]) * 20
+    np.array(train, dtype=np.uint16).tofile(tmp_path / "train.bin")
+    np.array(val, dtype=np.uint16).tofile(tmp_path / "val.bin")
+    (tmp_path / "meta.json").write_text(json.dumps({"tokenizer": "gpt2", "format": "nanoverse-tokens-v1",
+                                                    "dtype": "uint16", "vocab_size": 50257}))
+    config = ft.Config(data_dir=str(tmp_path), block_size=8)
+    _, _, val_documents, source = ft.load_corpus(config, gpt2_encoding)
+    assert val_documents == documents and source == str(tmp_path)
