@@ -742,6 +742,13 @@ def check_data_source(config):
         if not (data_dir / "meta.json").is_file():
             raise SystemExit(f"--data_dir {data_dir} has no meta.json, so it is no prepare_data.py folder: run "
                              f"{PREPARE} first, or pass .txt files with --input {data_dir}")
+    if not config.input and (Path(config.data_dir) / "meta.json").is_file():  # checked again, in full, when read
+        try:
+            tokenizer = json.loads((Path(config.data_dir) / "meta.json").read_text()).get("tokenizer")
+        except (ValueError, AttributeError):
+            tokenizer = "unreadable"
+        if tokenizer != "gpt2":
+            raise SystemExit(f"{config.data_dir} holds {tokenizer} tokens, not GPT-2's: run {PREPARE} again")
 
 
 def load_corpus(config, encoding):
@@ -1308,7 +1315,7 @@ def check_config(config):
                   "threads", "top_k", "no_repeat_ngram_size", "bleu_samples", "temperature"):
         if getattr(config, field) < 0:
             raise SystemExit(f"--{field} must be 0 or more, not {getattr(config, field)}")
-    if config.max_steps < -1:
+    if config.max_steps < -1 or config.max_steps == 0:
         raise SystemExit(f"--max_steps must be -1 (train for --epochs) or a number of steps, not {config.max_steps}")
     if not 0 <= config.seed < 2**32:  # numpy's and torch's generators both accept this range
         raise SystemExit(f"--seed must be between 0 and {2**32 - 1}, not {config.seed}")
@@ -1334,7 +1341,7 @@ def parse_config(argv=None):
         comments = dict(re.findall(r"^\s+(\w+): [^#\n]*#\s*(.+)$", inspect.getsource(Config), re.M))
     except (OSError, TypeError):  # no source file (e.g. some notebooks): flags still work, without help text
         comments = {}
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,  # no guessed flags
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for field in dataclasses.fields(Config):
         if field.type is bool:
@@ -1438,12 +1445,23 @@ def run(config):
         torch.set_num_threads(config.threads)
     out_dir = Path(config.out_dir)
     resuming = config.init_from == "resume"
+    if resuming and config.mode == "finetune" and not config.input and config.data_dir == Config.data_dir \
+            and (out_dir / "ckpt.pt").is_file():
+        # No data named: continue on the data the run was trained on (read from the checkpoint's saved settings).
+        saved = read_torch_checkpoint(out_dir / "ckpt.pt", "start a fresh run with another --out_dir")
+        saved = saved.get("config") if isinstance(saved, dict) else None
+        if isinstance(saved, dict):
+            config.input, config.data_dir = saved.get("input", ""), saved.get("data_dir", Config.data_dir)
     # Everything that can be refused is refused here, before a model is downloaded or a step is trained.
     if config.mode != "generate":
         check_data_source(config)
         check_output_folder(out_dir, "--out_dir")
     if config.save_hf:
         check_output_folder(config.save_hf, "--save_hf")
+        # A folder holding a model is overwritten only by the run that continues it (--init_from resume).
+        if not resuming and (Path(config.save_hf) / "model.safetensors").exists():
+            raise SystemExit(f"--save_hf {config.save_hf} already holds a model (model.safetensors): choose another "
+                             f"folder (or delete that one)")
     if config.mode == "finetune" and not resuming and (out_dir / "ckpt.pt").exists():
         raise SystemExit(f"{out_dir} already holds a run (ckpt.pt): continue it with --init_from resume, or choose "
                          f"another --out_dir (or delete that one)")
@@ -1470,8 +1488,9 @@ def run(config):
             # a permutation of windows of one length: both belong to the checkpoint's values.
             for field in ("freeze_layers", "block_size"):
                 if field in saved and saved[field] != getattr(config, field):
-                    print(f"note: resuming with the checkpoint's --{field} {saved[field]}; "
-                          f"--{field} {getattr(config, field)} applies to fresh runs only")
+                    if getattr(config, field) != getattr(Config, field):  # a value asked for, not the default
+                        print(f"note: resuming with the checkpoint's --{field} {saved[field]}; "
+                              f"--{field} {getattr(config, field)} applies to fresh runs only")
                     setattr(config, field, saved[field])
     else:
         model = load_model(config)

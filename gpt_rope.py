@@ -14,8 +14,8 @@ to its position (rotary_tables, rotate_half, and the attention), so the score of
 Run:
     python prepare_data.py shakespeare_char && python gpt_rope.py     # CPU: 2500 steps, val loss ~1.79, < 1 min
     python gpt_rope.py --sample --start "ROMEO:" --num_samples 3        # sample from out-gpt-rope/ckpt.pt
-    python gpt_rope.py --preset shakespeare --max_iters 5000            # GPU: the 10.7M-parameter model
-    torchrun --standalone --nproc_per_node=8 gpt_rope.py --preset gpt2 --dataset shakespeare  # DDP on several GPUs
+    python gpt_rope.py --preset shakespeare --max_iters 5000 --out_dir out-big   # GPU: the 10.7M-parameter model
+    torchrun --standalone --nproc_per_node=8 gpt_rope.py --preset gpt2 --dataset shakespeare --out_dir out-gpt2  # DDP
     Colab: upload gpt_rope.py and prepare_data.py, then  !python prepare_data.py shakespeare_char && python gpt_rope.py
 """
 
@@ -386,6 +386,20 @@ def load_dataset(config):
     return splits["train"], splits["val"], meta, data_dir
 
 
+def same_tokens(meta_a, data_dir_a, meta_b, data_dir_b):
+    """Whether token ids mean the same in two datasets: the same tokenizer, size and table (the characters, or the BPE
+    model's merges where both files are still there). Resuming on ids that mean other things would train nonsense."""
+    def table(meta, data_dir):
+        if meta.get("tokenizer") == "bpe":
+            path = Path(data_dir) / meta.get("bpe_model", "bpe.model")
+            return path.read_text(encoding="utf-8") if path.is_file() else None
+        return meta.get("itos")
+
+    a, b = table(meta_a, data_dir_a), table(meta_b, data_dir_b)
+    return ((meta_a.get("tokenizer"), meta_a.get("vocab_size")) == (meta_b.get("tokenizer"), meta_b.get("vocab_size"))
+            and (a == b or meta_a.get("tokenizer") == "bpe" and None in (a, b)))
+
+
 def get_batch(tokens, batch_size, block_size, generator, device):
     """batch_size random windows: x is block_size tokens, y the same window shifted one token to the right."""
     starts = torch.randint(len(tokens) - block_size, (batch_size,), generator=generator).tolist()
@@ -528,7 +542,8 @@ def load_checkpoint(path):
                          f"a PyTorch file; point --out_dir at a folder that gpt_rope.py trained")
     found = checkpoint.get("format") if isinstance(checkpoint, dict) else None
     if found != CHECKPOINT_FORMAT:
-        other = {"nanoverse-gpt-v1": "gpt.py", "nanoverse-gpt-rope-v1": "gpt_rope.py"}.get(found)
+        other = {"nanoverse-gpt-v1": "gpt.py", "nanoverse-gpt-rope-v1": "gpt_rope.py",
+                 "nanoverse-finetune-gpt2-v1": "finetune_gpt2.py"}.get(found)
         raise SystemExit(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint"
                          + (f": {other} wrote it, so use {other}" if other else ": point --out_dir at a folder that "
                             "gpt_rope.py trained"))
@@ -565,19 +580,19 @@ def train(config):
         checkpoint = load_checkpoint(checkpoint_path)
         for field in MODEL_SHAPE_FIELDS:  # the weights fix the shape; training settings come from the command line
             setattr(config, field, checkpoint["config"][field])
-        if not config.data_dir and config.dataset == Config.dataset:  # no data named: the data it was trained on
+        if not config.data_dir and not config.dataset:  # no data named: the data it was trained on
             config.dataset, config.data_dir = checkpoint["config"]["dataset"], checkpoint["data_dir"]
     elif checkpoint_path.exists():  # a new run must not overwrite a trained model without being asked
         raise SystemExit(f"{out_dir} already holds a run ({checkpoint_path.name}): continue it with --init_from "
                          f"resume, or choose another --out_dir (or delete that one)")
+    config.dataset = config.dataset or Config.dataset
     train_tokens, val_tokens, meta, data_dir = load_dataset(config)
-    if checkpoint is not None:
-        before, now = checkpoint["meta"], meta
-        if (before.get("tokenizer"), before.get("vocab_size")) != (now.get("tokenizer"), now.get("vocab_size")):
-            raise SystemExit(f"{checkpoint_path} was trained on {checkpoint['data_dir']} ({before.get('tokenizer')} "
-                             f"tokens, vocabulary {before.get('vocab_size')}), but {data_dir} holds "
-                             f"{now.get('tokenizer')} tokens (vocabulary {now.get('vocab_size')}): resume with "
-                             f"--data_dir {checkpoint['data_dir']}")
+    if checkpoint is not None and not same_tokens(checkpoint["meta"], checkpoint["data_dir"], meta, data_dir):
+        before = checkpoint["meta"]
+        raise SystemExit(f"{checkpoint_path} was trained on {checkpoint['data_dir']} ({before.get('tokenizer')} "
+                         f"tokens, vocabulary {before.get('vocab_size')}), and the tokens of {data_dir} mean other "
+                         f"things ({meta.get('tokenizer')}, vocabulary {meta.get('vocab_size')}): resume with "
+                         f"--data_dir {checkpoint['data_dir']}")
     if config.vocab_size == 0:
         config.vocab_size = meta["vocab_size"]
     if config.vocab_size < meta["vocab_size"]:
@@ -612,7 +627,10 @@ def train(config):
                                                           else None)
     tokenizer = None
     if master:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SystemExit(f"cannot create --out_dir {out_dir} ({error.strerror}): name a folder you can write to")
         log_file = open(out_dir / "log.jsonl", "a" if checkpoint is not None else "w")  # a new run, a new log
         try:
             tokenizer = load_tokenizer(meta, data_dir)
@@ -874,6 +892,9 @@ def check_run_config(config):
     for name in ("max_iters", "batch_size", "grad_accum_steps", "eval_interval", "log_interval", "num_samples"):
         if getattr(config, name) < 1:
             problems.append(f"--{name} must be at least 1")
+    for field in dataclasses.fields(Config):
+        if field.type is float and not math.isfinite(getattr(config, field.name)):
+            problems.append(f"--{field.name} must be a number, not {getattr(config, field.name)}")
     for name in ("warmup_iters", "lr_decay_iters", "eval_iters", "sample_interval", "patience", "max_new_tokens",
                  "top_k", "learning_rate", "min_lr", "weight_decay", "grad_clip", "temperature"):
         if getattr(config, name) < 0:
@@ -925,6 +946,8 @@ def parse_args(argv=None):
             setattr(config, name, value)
     for name, value in explicit.items():  # flags given on the command line win over the preset
         setattr(config, name, value)
+    if config.init_from == "resume" and not {"dataset", "data_dir"} & explicit.keys():
+        config.dataset = ""  # no data named: resume on the data the checkpoint was trained on
     return config
 
 

@@ -400,7 +400,7 @@ def read_lexicon(path, direction):
     """Reads `native<TAB>romanized<TAB>count` lines into (input, output) pairs, one per line."""
     pairs = []
     try:
-        with open(path, encoding="utf-8") as file:
+        with open(path, encoding="utf-8-sig") as file:  # -sig: a byte order mark is not part of the first word
             for line_number, line in enumerate(file, 1):
                 line = line.rstrip("\r\n")
                 if not line.strip():
@@ -408,7 +408,7 @@ def read_lexicon(path, direction):
                 columns = line.split("\t")
                 if len(columns) not in (2, 3):
                     raise SystemExit(f"line {line_number} of {path} has {len(columns)} tab-separated column(s) "
-                                     f"{columns[:3]!r}; a lexicon line is native<TAB>romanized[<TAB>count].")
+                                     f"{columns[:6]!r}; a lexicon line is native<TAB>romanized[<TAB>count].")
                 if not columns[0].strip() or not columns[1].strip():
                     empty = "native" if not columns[0].strip() else "romanized"
                     raise SystemExit(f"line {line_number} of {path} has an empty {empty} column; every line needs "
@@ -867,8 +867,10 @@ def train(config, given):
     if config.resume:
         checkpoint = load_checkpoint(out_dir / "last.pt")
         if checkpoint["vocabularies"] != vocabularies:
-            raise SystemExit(f"{out_dir / 'last.pt'} was trained on another vocabulary (other language, direction "
-                             f"or rows); resume with the same data options or use a new --out_dir.")
+            trained = {name: checkpoint["config"].get(name) for name in ("lang", "direction", "max_train_rows")}
+            raise SystemExit(f"{out_dir / 'last.pt'} was trained on other characters (it was trained with "
+                             f"{' '.join(as_option(k, v) for k, v in trained.items())}); resume with the same data "
+                             f"options or use a new --out_dir.")
         model, config, vocabularies = model_from_checkpoint(checkpoint, given, device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -877,6 +879,8 @@ def train(config, given):
         generator.set_state(checkpoint["batch_rng"])
         print(f"resuming after epoch {progress['epoch']} ({progress['train_seconds'] / 60:.1f} min trained, best dev "
               f"accuracy {progress['best_dev_accuracy']:.2%})")
+        if progress["epoch"] >= config.epochs:
+            print(f"already at epoch {progress['epoch']} of --epochs {config.epochs}: raise --epochs to train further")
     averaged = copy.deepcopy(model) if config.average_decay else None  # None: dev and best.pt use the weights as is
     if averaged is not None and config.resume and "averaged_model" in checkpoint:
         averaged.load_state_dict(checkpoint["averaged_model"])
@@ -983,7 +987,8 @@ def field_help():
 def parse_config(argv):
     """Builds the parser from Config; returns the config and the options actually given."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0], argument_default=argparse.SUPPRESS,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)  # a misspelled or shortened flag is an error, never a guess
     helps = field_help()
     choices = {"cell": ("rnn", "gru", "lstm"), "attention": ("none", "dot", "additive"), "lang": LANGUAGES,
                "lr_schedule": ("plateau", "linear"),
@@ -1011,6 +1016,9 @@ def main(argv=None):
                  "max_output_length", "patience"):
         if getattr(config, name) < 1:
             raise SystemExit(f"--{name} must be at least 1, not {getattr(config, name)}.")
+    for field in dataclasses.fields(Config):
+        if field.type is float and not math.isfinite(getattr(config, field.name)):
+            raise SystemExit(f"--{field.name} must be a number, not {getattr(config, field.name)}.")
     for name in ("max_train_rows", "max_dev_rows", "learning_rate", "grad_clip", "max_minutes", "heatmaps", "threads",
                  "length_penalty"):
         if getattr(config, name) < 0:
@@ -1037,7 +1045,11 @@ def main(argv=None):
     if not (config.evaluate or config.translit):
         return train(config, given)
     device = pick_device(config.device)
-    checkpoint_paths = [path.strip() for path in (config.checkpoint or str(Path(config.out_dir) / "best.pt")).split(",")]
+    checkpoints = config.checkpoint or str(Path(config.out_dir) / "best.pt")
+    checkpoint_paths = [path.strip() for path in checkpoints.split(",")]
+    if "" in checkpoint_paths:
+        raise SystemExit(f"--checkpoint {config.checkpoint!r} has an empty name; separate checkpoint files by single "
+                         f"commas, e.g. a/best.pt,b/best.pt.")
     model, config, vocabularies = load_models(checkpoint_paths, given, device)
     if config.translit:
         words = config.translit.split()
@@ -1056,6 +1068,8 @@ def main(argv=None):
     split = config.evaluate if config.evaluate in ("train", "dev", "test") and not Path(config.evaluate).exists() \
         else None
     pairs = read_lexicon(lexicon_path(config, split) if split else config.evaluate, config.direction)
+    if split == "dev" and config.max_dev_rows:
+        pairs = pairs[:config.max_dev_rows]
     known = set(vocabularies["source"])
     characters = "".join(source for source, _ in pairs)
     unknown_share = sum(c not in known for c in characters) / len(characters)

@@ -648,3 +648,32 @@ def test_the_last_validation_document_of_a_token_folder_is_kept(tmp_path, gpt2_e
     config = ft.Config(data_dir=str(tmp_path), block_size=8)
     _, _, val_documents, source = ft.load_corpus(config, gpt2_encoding)
     assert val_documents == documents and source == str(tmp_path)
+
+
+def test_resume_without_data_options_continues_on_the_same_data(small_run, tmp_path, capsys):
+    out, corpus = tmp_path / "out", small_run[small_run.index("--input") + 1]
+    ft.main(small_run + ["--out_dir", str(out), "--max_steps", "1", "--save_hf", str(tmp_path / "hf")])
+    without_input = [arg for i, arg in enumerate(small_run) if "--input" not in small_run[max(i - 1, 0):i + 1]]
+    assert "--input" not in without_input and corpus not in without_input
+    capsys.readouterr()
+    ft.main(without_input + ["--out_dir", str(out), "--max_steps", "2", "--init_from", "resume"])
+    assert f"data: {corpus} (" in capsys.readouterr().out
+    assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 2
+    with pytest.raises(SystemExit) as error:  # a folder that holds a saved model is never overwritten
+        ft.main(small_run + ["--out_dir", str(tmp_path / "other"), "--max_steps", "1", "--save_hf",
+                             str(tmp_path / "hf")])
+    assert "already holds a model" in one_sentence(error) and not (tmp_path / "other").exists()
+    with pytest.raises(SystemExit) as error:
+        ft.parse_config(["--max_steps", "0"])
+    assert "--max_steps must be -1" in one_sentence(error)
+    with pytest.raises(SystemExit):  # an abbreviated flag is not guessed
+        ft.parse_config(["--max_step", "3"])
+
+
+def test_data_of_another_tokenizer_is_refused_before_the_model_is_fetched(tmp_path):
+    folder = tmp_path / "chars"
+    folder.mkdir()
+    (folder / "meta.json").write_text(json.dumps({"format": "nanoverse-tokens-v1", "tokenizer": "char"}))
+    with pytest.raises(SystemExit) as error:  # gpt2 would be a download: the data is refused first
+        ft.main(["--init_from", "gpt2", "--data_dir", str(folder), "--out_dir", str(tmp_path / "out")])
+    assert "holds char tokens, not GPT-2's" in one_sentence(error)

@@ -267,6 +267,16 @@ def test_a_new_run_never_overwrites_a_trained_one_and_resume_reads_the_same_data
     result = gpt.main(["--out_dir", str(out), "--init_from", "resume", "--max_iters", "4", "--log_interval", "1"])
     assert result["step"] == 4 and f"on {data.resolve()}" in capsys.readouterr().out
     assert [r["step"] for r in read_log(out) if "loss" in r] == [1, 2, 3, 4]  # one log, continued
+    # The same number of characters, in another table: ids that mean other letters are refused too.
+    shifted = write_char_dataset(tmp_path / "shifted", text=TEXT.replace("a", "q"))
+    assert json.loads((shifted / "meta.json").read_text())["vocab_size"] == len(set(TEXT))
+    with pytest.raises(SystemExit, match="mean other things"):
+        gpt.main(["--data_dir", str(shifted), "--out_dir", str(out), "--init_from", "resume", "--max_iters", "6"])
+    # Naming the default dataset is naming data: it is not replaced by the checkpoint's.
+    with pytest.raises(SystemExit, match="shakespeare_char"):
+        gpt.main(["--dataset", "shakespeare_char", "--out_dir", str(out), "--init_from", "resume"])
+    with pytest.raises(SystemExit, match="cannot create --out_dir"):
+        gpt.main(["--data_dir", str(data), "--out_dir", str(data / "meta.json"), *TINY_FLAGS, "--max_iters", "2"])
 
 
 def test_a_checkpoint_of_the_sibling_script_is_named(tmp_path):
@@ -322,6 +332,8 @@ def test_bad_inputs_are_named(tmp_path):
         gpt.main(["--sample", "--top_p", "0"])
     for flags, named in ((["--learning_rate", "-1"], "--learning_rate cannot be negative"),
                          (["--beta2", "1.5"], "--beta2 must be at least 0 and below 1"),
+                         (["--learning_rate", "nan"], "--learning_rate must be a number"),
+                         (["--temperature", "inf"], "--temperature must be a number"),
                          (["--max_iters", "0"], "--max_iters must be at least 1"),
                          (["--patience", "-1"], "--patience cannot be negative"),
                          (["--device", "tpu"], "--device 'tpu' is not"),

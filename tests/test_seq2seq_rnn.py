@@ -373,6 +373,9 @@ def test_translit_reads_capitals_as_the_lower_case_it_was_trained_on(tmp_path, c
     metrics = s2s.main(["--evaluate", "dev", "--data_dir", str(tmp_path / "data"), "--checkpoint",
                         str(out / "best.pt"), "--out_dir", str(tmp_path / "ev"), "--heatmaps", "0"])
     assert len((tmp_path / "ev" / "predictions.tsv").read_text().splitlines()) == 11 and "cer" in metrics
+    s2s.main(["--evaluate", "dev", "--max_dev_rows", "4", "--data_dir", str(tmp_path / "data"), "--checkpoint",
+              str(out / "best.pt"), "--out_dir", str(tmp_path / "ev"), "--heatmaps", "0"])
+    assert len((tmp_path / "ev" / "predictions.tsv").read_text().splitlines()) == 5
 
 
 def test_bad_input_gets_one_clear_sentence(tmp_path):
@@ -405,7 +408,7 @@ def test_bad_input_gets_one_clear_sentence(tmp_path):
     torch.save(older, tmp_path / "older.pt")
     assert len(s2s.main(["--translit", "abc", "--checkpoint", str(tmp_path / "older.pt")])) == 1
     write_lexicons(tmp_path / "other", {"train": [("xyz", "q")], "dev": [("xyz", "q")]})
-    with pytest.raises(SystemExit, match="another vocabulary"):
+    with pytest.raises(SystemExit, match="trained on other characters .*--max_train_rows 0"):
         s2s.main(["--data_dir", str(tmp_path / "other"), "--out_dir", str(out), "--resume"])
     damaged = tmp_path / "damaged.pt"
     damaged.write_bytes((out / "best.pt").read_bytes()[:1000])
@@ -423,6 +426,15 @@ def test_bad_input_gets_one_clear_sentence(tmp_path):
     bad.write_text("native\troman\tcount\nनमस्ते\tnamaste\t3\n", encoding="utf-8")
     with pytest.raises(SystemExit, match="line 1 of .*'count' as its count, not a number"):
         s2s.main(["--evaluate", str(bad), "--checkpoint", checkpoint])
+    bad.write_text("नमस्ते\tnamaste\t3\tx\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="has 4 tab-separated column.*'x'"):
+        s2s.main(["--evaluate", str(bad), "--checkpoint", checkpoint])
+    bad.write_bytes("\ufeffनमस्ते\tnamaste\t3\n".encode())  # a byte order mark, as some editors write
+    assert s2s.read_lexicon(bad, "roman2native") == [("namaste", "नमस्ते")]
+    with pytest.raises(SystemExit, match="has an empty name"):
+        s2s.main(["--translit", "abc", "--checkpoint", f"{checkpoint},,{checkpoint}"])
+    with pytest.raises(SystemExit):  # a shortened flag is not guessed (it would be --hidden_size)
+        s2s.main(["--hidden", "32", "--epochs", "1"])
     for missing in (tmp_path / "nope.tsv", tmp_path):
         with pytest.raises(SystemExit, match="there is no lexicon file at"):
             s2s.main(["--evaluate", str(missing), "--checkpoint", checkpoint])
@@ -436,6 +448,7 @@ def test_bad_input_gets_one_clear_sentence(tmp_path):
                          (["--learning_rate", "-1"], "--learning_rate cannot be negative"),
                          (["--max_train_rows", "-5"], "--max_train_rows cannot be negative"),
                          (["--patience", "0"], "--patience must be at least 1"),
+                         (["--learning_rate", "nan"], "--learning_rate must be a number"),
                          (["--label_smoothing", "1.5"], "--label_smoothing must be at least 0 and below 1"),
                          (["--device", "gpu"], "--device 'gpu' is not a device")):
         with pytest.raises(SystemExit, match=named):
