@@ -135,7 +135,11 @@ def download(url, sha256, target):
     target = Path(target)
     if target.exists() and sha256_of(target) == sha256:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # e.g. --cache_dir names a file
+        raise SystemExit(f"error: cannot create the download folder {target.parent} ({error.strerror}); point "
+                         f"--cache_dir at a folder you can write to") from None
     partial = target.with_name(target.name + ".part")
     try:
         with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as file:
@@ -301,7 +305,11 @@ def read_documents(path, config):
     documents, listing = [], []
     for file in files:
         name = file.relative_to(path).as_posix() if path.is_dir() else file.name
-        raw = file.read_bytes()
+        try:
+            raw = file.read_bytes()
+        except OSError as error:  # no permission, a broken link, a file that vanished
+            raise SystemExit(f"error: cannot read {file} ({error.strerror}); check the path and its permissions") \
+                from None
         listing.append(f"{hashlib.sha256(raw).hexdigest()}  {name}\n")
         text = decode_bytes(raw, config.encoding, file)
         if file.suffix.lower() in readers:

@@ -425,3 +425,12 @@ def test_command_line_error_is_one_line_without_traceback(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [f"error: --input {tmp_path / 'missing.txt'} does not exist; "
                                                   f"pass an existing file or folder"]
+
+
+def test_a_cache_dir_that_is_a_file_is_named(tmp_path, monkeypatch):
+    monkeypatch.delenv("NANOVERSE_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    taken = write(tmp_path / "taken.txt", "not a folder")
+    with pytest.raises(SystemExit, match="cannot create the download folder .*--cache_dir"):
+        pd.main(["shakespeare_char", "--cache_dir", str(taken), "--out_dir", str(tmp_path / "out")])
+    assert taken.read_text() == "not a folder"
