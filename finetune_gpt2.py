@@ -9,7 +9,8 @@ names are mapped key by key onto the same GPT block that gpt.py uses, and the re
 
 Run:
     python finetune_gpt2.py --init_from distilgpt2 --input my_poems.txt --max_steps 60  # CPU: ~5 min on 2 cores
-    python finetune_gpt2.py --init_from gpt2-medium --data_dir data/lyrics --epochs 3 --save_hf out-lyrics/hf  # GPU
+    python finetune_gpt2.py --init_from gpt2-medium --data_dir data/lyrics --epochs 3 --out_dir out-lyrics \
+        --save_hf out-lyrics/hf  # GPU
     python finetune_gpt2.py --mode generate --init_from out-lyrics/hf --prompt "Walking down the road of life"
     Colab: upload finetune_gpt2.py and a .txt of poems, then  !python finetune_gpt2.py --input poems.txt --epochs 1
 """
@@ -62,18 +63,18 @@ class Config:
     batch_size: int = 4  # windows per micro-batch
     grad_accum_steps: int = 1  # micro-batches summed into one optimizer step
     learning_rate: float = 5e-5  # peak learning rate; fine-tuning wants a small one so GPT-2 keeps what it knows
-    warmup_steps: int = 10  # steps of linear warmup from 0 to learning_rate, then linear decay to 0
+    warmup_steps: int = 10  # steps of linear warmup up to learning_rate (the first at lr / warmup), then decay to 0
     weight_decay: float = 0.01  # AdamW decoupled weight decay on matrices
     grad_clip: float = 1.0  # clip the global gradient norm to this; 0 disables
     dropout: float = 0.1  # dropout while fine-tuning (GPT-2 was trained with 0.1)
-    freeze_layers: int = 0  # freeze the embeddings and the lowest N blocks; train only the top of the network
+    freeze_layers: int = 0  # N > 0 freezes the embeddings (so the tied output layer too) and the lowest N blocks
     eval_batches: int = 20  # validation batches per evaluation; 0 uses the whole validation split
     log_interval: int = 10  # print and log the training loss every this many steps
     sample_every: int = 0  # print a generated sample every this many steps; 0 only before and after
     seed: int = 1337  # seed for the data order, dropout and sampling
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default (one per core)
-    dtype: str = "auto"  # float32, bfloat16 or float16 autocast; auto: bfloat16 on CUDA when supported, else float32
+    dtype: str = "auto"  # float32, bfloat16 or float16 autocast; auto: bfloat16 on CUDA (else float16), float32 on CPU
     compile: bool = None  # torch.compile the model; by default on for CUDA, off on CPU
     # --- generation
     prompt: str = "Walking down the road of life"  # prompt text, or FILE:path to read it from a file
@@ -212,8 +213,6 @@ class GPT(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        if config.n_embd % config.n_head != 0:
-            raise CheckpointError(f"n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})")
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),  # token id -> vector
@@ -226,14 +225,8 @@ class GPT(nn.Module):
         # Weight tying (Press & Wolf 2017): the output layer is the token embedding matrix itself. GPT-2's checkpoints
         # store it once (as wte), which is why the loader below never looks for an lm_head weight.
         self.transformer.wte.weight = self.lm_head.weight
-        # GPT-2's initialisation, used only when the weights are not loaded (the benchmark's random 124M model).
-        for name, param in self.named_parameters():
-            if name.endswith("c_proj.weight"):  # layers writing into the residual stream, scaled by depth (sec. 2.3)
-                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-            elif name.endswith("weight") and param.dim() == 2:
-                nn.init.normal_(param, mean=0.0, std=0.02)
-            elif name.endswith("bias"):
-                nn.init.zeros_(param)
+        # No initialisation of our own: every model here gets all its weights from a checkpoint right after it is
+        # built (gpt.py shows GPT-2's initialisation, for training from scratch).
 
     def forward(self, idx, targets=None, past_kv=None):
         """idx (B, T) token ids -> logits (B, T, vocab), the mean cross-entropy against targets, and the KV cache."""
@@ -506,6 +499,9 @@ def load_gpt_py_checkpoint(path):
             not isinstance(checkpoint.get("model"), dict):
         raise CheckpointError(f"{path} is not a gpt.py checkpoint" + (f" (its format is {kind!r})" if kind else "")
                               + f": {sources}")
+    if not saved.get("bias", True):  # a Hugging Face GPT-2 folder always has biases; without them none could be saved
+        raise CheckpointError(f"{path} was trained without biases (gpt.py --no-bias); GPT-2 has them, so train gpt.py "
+                              f"with --bias to fine-tune here")
     if saved.get("pos", "learned") != "learned":
         raise CheckpointError(f"{path} uses {saved['pos']} positions; GPT-2 learns a position table, so train gpt.py "
                               f"with --pos learned")
@@ -668,7 +664,8 @@ def gpt2_vocab_and_merges(encoding):
     """vocab.json (token string -> id) and merges.txt lines, recovered from tiktoken's ranks.
 
     In GPT-2 a token's id is its merge rank, so merge number r created token 256 + r. Which two pieces did it join?
-    Run BPE on the token's bytes with only the merges ranked before it: two pieces remain, and those are the pair.
+    Run BPE on the token's bytes until two pieces remain: those are the pair. (A merge ranked after the token could in
+    principle get in the way; in GPT-2's vocabulary none does, which the tests check for all 50,000 merges.)
     """
     byte_to_char = bytes_to_unicode()
     specials = {special: encoding.encode_single_token(special) for special in encoding.special_tokens_set}
@@ -691,16 +688,19 @@ def gpt2_vocab_and_merges(encoding):
 
 
 def split_documents(text, max_lines=32):
-    """Blank lines separate documents (poems, songs, stanzas); long ones are cut into passages of max_lines lines."""
-    documents = []
+    """Blank lines separate documents (poems, songs, stanzas). A long one (a file of songs with no blank line between
+    them, say) is cut into passages of max_lines lines, the units of the train/validation split. Returns
+    (passage, ends_document) pairs: only a document's last passage is followed by <|endoftext|>."""
+    passages = []
     for block in re.split(r"\n\s*\n", text.replace("\r\n", "\n")):
         lines = [line.rstrip() for line in block.split("\n") if line.strip()]
-        documents += ["\n".join(lines[i:i + max_lines]) for i in range(0, len(lines), max_lines)]
-    return documents
+        passages += [("\n".join(lines[i:i + max_lines]), i + max_lines >= len(lines))
+                     for i in range(0, len(lines), max_lines)]
+    return passages
 
 
 def read_documents(path):
-    """Documents from a .txt file or from every .txt file in a folder."""
+    """(passage, ends_document) pairs from a .txt file or from every .txt file in a folder, in reading order."""
     path = Path(path)
     files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
     if not path.exists() or not files:
@@ -713,17 +713,35 @@ def read_documents(path):
             print(f"warning: {file} is not valid UTF-8; {text.count(chr(0xFFFD))} bytes were replaced by \ufffd")
         documents += split_documents(text)
     if len(documents) < 2:
-        raise SystemExit(f"--input {path} holds {len(documents)} document(s); fine-tuning needs at least two "
+        raise SystemExit(f"--input {path} holds {len(documents)} passage(s); fine-tuning needs at least two "
                          f"(one to train on, one to validate), separated by a blank line")
     return documents
 
 
-def encode_documents(documents, encoding):
-    """Token ids of the documents, each followed by <|endoftext|> so the model learns where a text ends."""
-    ids = []
-    for document in documents:
-        ids += encoding.encode_ordinary(document) + [encoding.eot_token]
+def encode_documents(passages, encoding):
+    """Token ids of (passage, ends_document) pairs: <|endoftext|> after a document's end, so the model learns where a
+    text ends, and a newline where the next passage goes on with the same document."""
+    ids, newline = [], encoding.encode_ordinary("\n")
+    for passage, ends_document in passages:
+        ids += encoding.encode_ordinary(passage) + ([encoding.eot_token] if ends_document else newline)
     return np.array(ids, dtype=np.int64)
+
+
+def split_passages(passages, val_fraction, seed):
+    """A seeded split of the passages into (train, validation), each side kept in reading order. A validation passage
+    whose text is also in training (a chorus sung twice) is dropped: it would be scored as unseen text. Where a document
+    continues on the other side, its text breaks here, so the passage before the break ends with <|endoftext|>."""
+    order = np.random.default_rng(seed).permutation(len(passages))
+    val_ids = set(order[:max(1, round(len(passages) * val_fraction))].tolist())
+    train_ids = [i for i in range(len(passages)) if i not in val_ids]
+    train_texts = {passages[i][0] for i in train_ids}
+    val_ids = [i for i in sorted(val_ids) if passages[i][0] not in train_texts]
+
+    def side(ids):
+        chosen = set(ids)
+        return [(passages[i][0], passages[i][1] or i + 1 not in chosen) for i in ids]
+
+    return side(train_ids), side(val_ids)
 
 
 PREPARE = "`python prepare_data.py lyrics --tokenizer gpt2 --input DIR` (or your dataset)"
@@ -760,12 +778,10 @@ def load_corpus(config, encoding):
             and (Path(mirror) / "poetry_lyrics").is_dir():
         source = str(Path(mirror) / "poetry_lyrics")  # nothing named and no data/lyrics: the local mirror's lyrics
     if source:
-        documents = read_documents(source)
-        order = np.random.default_rng(config.seed).permutation(len(documents))  # a seeded split by document
-        n_val = max(1, round(len(documents) * config.val_fraction))
-        val_documents = [documents[i] for i in order[:n_val]]
-        train = encode_documents([documents[i] for i in order[n_val:]], encoding)
-        val = encode_documents(val_documents, encoding)
+        train_passages, val_passages = split_passages(read_documents(source), config.val_fraction, config.seed)
+        train, val = encode_documents(train_passages, encoding), encode_documents(val_passages, encoding)
+        val_documents = [passage for passage, _ in val_passages]
+        np.random.default_rng(config.seed).shuffle(val_documents)  # BLEU takes passages from the front: mix them
     elif (data_dir / "meta.json").is_file():
         hint = f"run {PREPARE} again"
         source = str(data_dir)
@@ -793,7 +809,8 @@ def load_corpus(config, encoding):
 
 
 class TokenWindows(Dataset):
-    """Consecutive, non-overlapping windows of block_size + 1 tokens: x is the window, y the same shifted by one."""
+    """Consecutive windows of block_size + 1 tokens (neighbours share one): x is the window, y the same shifted by
+    one, so every token is a target once."""
 
     def __init__(self, tokens, block_size):
         self.tokens, self.block_size = tokens, block_size
@@ -812,8 +829,8 @@ class TokenWindows(Dataset):
 
 
 def apply_repetition_penalty(logits, context, penalty):
-    """CTRL's rule (Keskar et al. 2019, sec. 4.1): a token already in the context has its score divided by penalty
-    when positive and multiplied by it when negative, so it always becomes less likely."""
+    """CTRL (Keskar et al. 2019, sec. 4.1) divides the score of a token already in the context by penalty; as in
+    Hugging Face's version, a negative score is multiplied instead, so that with penalty > 1 it always drops."""
     seen = torch.gather(logits, 1, context)
     return logits.scatter(1, context, torch.where(seen < 0, seen * penalty, seen / penalty))
 
@@ -918,7 +935,10 @@ def sample_texts(model, encoding, prompt, config, device, seed):
 def evaluate_loss(model, tokens, config, device, autocast):
     """Mean cross-entropy over the validation windows (the first eval_batches batches, in order)."""
     windows = TokenWindows(tokens, config.block_size)
-    loader = DataLoader(windows, batch_size=config.batch_size, sampler=SequentialSampler(windows))
+    # Its own generator: starting a loader draws a seed, and from the global generator that would move training's
+    # dropout masks, so that an evaluation would change what the next steps learn.
+    loader = DataLoader(windows, batch_size=config.batch_size, sampler=SequentialSampler(windows),
+                        generator=torch.Generator())
     was_training = model.training
     model.eval()
     total_loss, total_tokens = 0.0, 0
@@ -981,7 +1001,8 @@ def corpus_bleu(hypotheses, references, max_order=4):
 
 
 def distinct_n(texts, n):
-    """Distinct n-grams divided by all n-grams over the texts (Li et al. 2016): 1.0 never repeats itself."""
+    """Distinct n-grams divided by all n-grams over the texts (Li et al. 2016 divide by the tokens instead; dividing
+    by the n-grams makes 1.0, never repeating itself, the top for every n)."""
     grams = [gram for text in texts for gram in ngram_counts(tokenize_13a(text), n).elements()]
     return len(set(grams)) / len(grams) if grams else 0.0
 
@@ -1008,7 +1029,8 @@ def bleu_passages(documents, config):
 
 @torch.no_grad()
 def evaluate_generation(model, encoding, pairs, config, device):
-    """BLEU of greedy continuations against the real next lines, and distinct-1/2 of those continuations."""
+    """BLEU of greedy continuations against the real next lines, and distinct-1/2 of those continuations.
+    --repetition_penalty and --no_repeat_ngram_size apply, so the scores show the decoding you chose."""
     hypotheses = []
     options = decoding_options(config) | {"temperature": 0.0}
     for prompt, reference in pairs:
@@ -1048,18 +1070,23 @@ def make_optimizer(model, config, device):
                              fused=device.type in ("cuda", "cpu"))
 
 
-def save_checkpoint(path, model, optimizer, config, progress, history, origin):
+def random_states():
+    """The global random generators that dropout draws from (the CPU's, and each GPU's)."""
+    return {"rng": torch.get_rng_state(), **({"cuda_rng": torch.cuda.get_rng_state_all()}
+                                             if torch.cuda.is_available() else {})}
+
+
+def save_checkpoint(path, model, optimizer, config, progress, history, origin, rng=None):
     """Write the checkpoint to a temporary file, then rename it: a crash never leaves half a checkpoint.
 
     progress: the step, the epochs done and the training losses since the last evaluation row. origin names the base
     model and the data of the first run, so that a resumed run's model card can still say what it started from.
-    The random states make a resumed run draw the same dropout masks as an unbroken one.
+    The random states (rng: as they were after the last finished step) make a resumed run draw the same dropout masks
+    as an unbroken one.
     """
     checkpoint = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                   "model_config": dataclasses.asdict(model.config), "config": dataclasses.asdict(config),
-                  **progress, "history": history, "origin": origin, "rng": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        checkpoint["cuda_rng"] = torch.cuda.get_rng_state_all()
+                  **progress, "history": history, "origin": origin, **(rng or random_states())}
     temporary = Path(f"{path}.tmp")
     torch.save(checkpoint, temporary)
     os.replace(temporary, path)
@@ -1094,6 +1121,7 @@ def finetune(model, train_tokens, val_tokens, config, device, autocast, scaler, 
         torch.set_rng_state(resume["rng"])
         if "cuda_rng" in resume and torch.cuda.is_available() and len(resume["cuda_rng"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(resume["cuda_rng"])
+    rng_after_step = random_states()  # what a Ctrl-C saves: a step it interrupts is done again, with the same masks
     if config.compile:
         model = torch.compile(model)
     if world_size > 1:
@@ -1121,7 +1149,7 @@ def finetune(model, train_tokens, val_tokens, config, device, autocast, scaler, 
                                       generator=order))
             for _ in range((step - epoch * steps_per_epoch) * config.grad_accum_steps):
                 next(batches)  # resuming in the middle of an epoch: skip the batches already trained on
-            epoch_start, steps_timed = time.time(), 0
+            epoch_start, steps_timed, train_seconds = time.time(), 0, 0.0
             while step < min(total_steps, (epoch + 1) * steps_per_epoch):
                 lr = learning_rate_at(step, total_steps, config)
                 for group in optimizer.param_groups:
@@ -1143,10 +1171,11 @@ def finetune(model, train_tokens, val_tokens, config, device, autocast, scaler, 
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                rng_after_step = random_states()
                 bar.update(1)
                 seconds = time.time() - step_start
                 recent_losses.append(step_loss)
-                steps_timed += 1
+                steps_timed, train_seconds = steps_timed + 1, train_seconds + seconds
                 step_losses.append((step, step_loss))
                 if rank == 0 and (step % config.log_interval == 0 or step == total_steps):
                     record = {"step": step, "loss": round(step_loss, 4), "lr": lr, "ms_per_step": round(seconds * 1e3),
@@ -1164,8 +1193,8 @@ def finetune(model, train_tokens, val_tokens, config, device, autocast, scaler, 
                 row = {"epoch": round(step / steps_per_epoch, 2), "step": step,
                        "train_loss": round(float(np.mean(recent_losses)), 4),
                        "val_loss": round(val_loss, 4), "val_ppl": round(math.exp(val_loss), 2),
-                       "seconds": round(seconds, 1),
-                       "tokens_per_sec": round(steps_timed * windows_per_step * config.block_size / seconds)}
+                       "seconds": round(seconds, 1),  # the epoch's wall time, evaluation and samples included
+                       "tokens_per_sec": round(steps_timed * windows_per_step * config.block_size / train_seconds)}
                 history.append(row)
                 recent_losses = []
                 log(row, f"epoch {row['epoch']:g} | train loss {row['train_loss']:.4f} | val loss {val_loss:.4f} | "
@@ -1176,7 +1205,7 @@ def finetune(model, train_tokens, val_tokens, config, device, autocast, scaler, 
         if rank == 0:
             tqdm.write(f"\ninterrupted at step {step}: saving {Path(config.out_dir) / 'ckpt.pt'}")
             save_checkpoint(Path(config.out_dir) / "ckpt.pt", raw_model, optimizer, config, progress(), history,
-                            origin)
+                            origin, rng_after_step)
     bar.close()
     raw_model.eval()
     return history, step_losses, progress()
@@ -1327,13 +1356,15 @@ def check_config(config):
         raise SystemExit(f"--val_fraction must be in (0, 1), not {config.val_fraction}")
     if not 0.0 < config.top_p <= 1.0:
         raise SystemExit(f"--top_p must be in (0, 1], not {config.top_p}")
+    if config.mode == "evaluate" and config.save_hf:
+        raise SystemExit("--save_hf is written by --mode finetune or --mode generate, not by --mode evaluate")
     if not config.repetition_penalty > 0:
         raise SystemExit(f"--repetition_penalty must be more than 0 (1 changes nothing), not "
                          f"{config.repetition_penalty}")
 
 
 def parse_config(argv=None):
-    """Config from command-line flags spelled as the fields (help = the field's comment)."""
+    """Config from command-line flags spelled as the fields (help = the field's comment), and the names typed."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-f" in argv and argv.index("-f") + 1 < len(argv) and argv[argv.index("-f") + 1].endswith(".json"):
         del argv[argv.index("-f"):argv.index("-f") + 2]  # a notebook kernel's "-f kernel.json": not for us
@@ -1341,18 +1372,20 @@ def parse_config(argv=None):
         comments = dict(re.findall(r"^\s+(\w+): [^#\n]*#\s*(.+)$", inspect.getsource(Config), re.M))
     except (OSError, TypeError):  # no source file (e.g. some notebooks): flags still work, without help text
         comments = {}
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,  # no guessed flags
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0], allow_abbrev=False)  # no guesses
     for field in dataclasses.fields(Config):
+        # No defaults in the parser: what comes back is exactly what was typed (a resumed run keeps its own
+        # settings for the rest); the help still shows the defaults.
         if field.type is bool:
-            parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction, default=field.default,
-                                help=comments.get(field.name))
+            parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=f"{comments.get(field.name, '')} (default: {field.default})")
         else:
-            parser.add_argument(f"--{field.name}", type=field.type, default=field.default,
-                                help=comments.get(field.name))
-    config = Config(**vars(parser.parse_args(argv)))
+            parser.add_argument(f"--{field.name}", type=field.type, default=argparse.SUPPRESS,
+                                help=f"{comments.get(field.name, '')} (default: {field.default})")
+    given = vars(parser.parse_args(argv))
+    config = Config(**given)
     check_config(config)
-    return config
+    return config, set(given)
 
 
 def pick_device(name):
@@ -1395,6 +1428,35 @@ def check_output_folder(path, flag):
             return
 
 
+# A resumed run is the same run. These settings decide which windows each step sees and which weights have optimizer
+# moments, so they are always the checkpoint's; the others are the checkpoint's unless typed again (for example
+# `--max_steps 400` to train longer, or `--input` to go on with other text).
+KEPT_ON_RESUME = ("block_size", "batch_size", "grad_accum_steps", "seed", "freeze_layers")
+DEFAULT_ON_RESUME = ("val_fraction", "epochs", "max_steps", "learning_rate", "warmup_steps", "weight_decay",
+                     "grad_clip", "dropout", "eval_batches", "log_interval", "sample_every", "bleu_samples",
+                     "bleu_prompt_lines", "bleu_reference_lines")
+
+
+def resume_settings(config, saved, given):
+    """Set config's training and data settings to those the checkpoint's run used (saved), as explained above."""
+    restored = []
+    for field in KEPT_ON_RESUME + DEFAULT_ON_RESUME:
+        if field not in saved or saved[field] == getattr(config, field):
+            continue
+        if field in given and field not in KEPT_ON_RESUME:
+            continue  # typed again, so asked for
+        if field in given:
+            print(f"note: resuming with the checkpoint's --{field} {saved[field]}; --{field} "
+                  f"{getattr(config, field)} applies to fresh runs only")
+        else:
+            restored.append(f"--{field} {saved[field]}")
+        setattr(config, field, saved[field])
+    if not {"input", "data_dir"} & given:  # no data named: the data the run was trained on
+        config.input, config.data_dir = saved.get("input", ""), saved.get("data_dir", Config.data_dir)
+    if restored:
+        print(f"resuming with the run's own settings: {' '.join(restored)}")
+
+
 def load_resume_checkpoint(path):
     """This script's own checkpoint and the model in it; anything else is named in one sentence."""
     fresh = "start a fresh run with another --out_dir (or delete that file)"
@@ -1423,14 +1485,14 @@ def load_resume_checkpoint(path):
 
 
 def main(argv=None):
-    config = parse_config(argv)
+    config, given = parse_config(argv)
     try:
-        run(config)
+        run(config, given)
     except CheckpointError as error:
         raise SystemExit(str(error)) from None
 
 
-def run(config):
+def run(config, given=frozenset()):
     world_size = int(os.environ.get("WORLD_SIZE", 1))  # torchrun sets WORLD_SIZE, RANK and LOCAL_RANK
     rank = int(os.environ.get("RANK", 0))
     if world_size > 1:
@@ -1445,13 +1507,10 @@ def run(config):
         torch.set_num_threads(config.threads)
     out_dir = Path(config.out_dir)
     resuming = config.init_from == "resume"
-    if resuming and config.mode == "finetune" and not config.input and config.data_dir == Config.data_dir \
-            and (out_dir / "ckpt.pt").is_file():
-        # No data named: continue on the data the run was trained on (read from the checkpoint's saved settings).
+    if resuming and config.mode != "generate" and (out_dir / "ckpt.pt").is_file():
         saved = read_torch_checkpoint(out_dir / "ckpt.pt", "start a fresh run with another --out_dir")
-        saved = saved.get("config") if isinstance(saved, dict) else None
-        if isinstance(saved, dict):
-            config.input, config.data_dir = saved.get("input", ""), saved.get("data_dir", Config.data_dir)
+        if isinstance(saved, dict) and isinstance(saved.get("config"), dict):
+            resume_settings(config, saved["config"], given)
     # Everything that can be refused is refused here, before a model is downloaded or a step is trained.
     if config.mode != "generate":
         check_data_source(config)
@@ -1483,22 +1542,16 @@ def run(config):
         saved = resume["config"]
         origin = resume.get("origin") or {"base_model": saved.get("init_from", "?"),
                                           "data": [saved.get("input") or saved.get("data_dir", "?")]}
-        if config.mode == "finetune":
-            # The optimizer state holds moments only for the parameters that were trainable, and the data order is
-            # a permutation of windows of one length: both belong to the checkpoint's values.
-            for field in ("freeze_layers", "block_size"):
-                if field in saved and saved[field] != getattr(config, field):
-                    if getattr(config, field) != getattr(Config, field):  # a value asked for, not the default
-                        print(f"note: resuming with the checkpoint's --{field} {saved[field]}; "
-                              f"--{field} {getattr(config, field)} applies to fresh runs only")
-                    setattr(config, field, saved[field])
     else:
         model = load_model(config)
         origin = {"base_model": config.init_from, "data": []}
-    if config.dropout != model.config.dropout:  # rebuild with fine-tuning dropout; the weights stay the same
-        weights = model.state_dict()
-        model = GPT(dataclasses.replace(model.config, dropout=config.dropout))
-        model.load_state_dict(weights)
+    if config.dropout != model.config.dropout:  # fine-tuning dropout, set in place: the weights stay as loaded
+        model.config = dataclasses.replace(model.config, dropout=config.dropout)
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = config.dropout
+            elif isinstance(module, CausalSelfAttention):  # the fused kernel takes its dropout as an argument
+                module.dropout = config.dropout
     if config.mode != "generate" and config.block_size > model.config.block_size:  # generation slides its own window
         raise SystemExit(f"--block_size {config.block_size} is longer than the model's context "
                          f"({model.config.block_size}): use a smaller one")

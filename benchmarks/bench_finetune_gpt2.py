@@ -58,7 +58,8 @@ def train_worker(side, folder, dtype, steps, device, fused):
         import finetune_gpt2 as ft
 
         optimizer = ft.make_optimizer(model, SimpleNamespace(weight_decay=0.01, learning_rate=1e-4), device)
-    else:  # transformers' Trainer default ("adamw_torch"): torch.optim.AdamW with its per-tensor loop on CPU
+    else:  # plain torch.optim.AdamW (a per-tensor loop on CPU), or with --fused the fused kernel that recent
+        # transformers' Trainer picks by default ("adamw_torch_fused")
         optimizer = adamw(model, fused)
     windows = torch.randint(0, 50257, (steps + 1, BATCH, BLOCK + 1), generator=torch.Generator().manual_seed(0))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bfloat16" else torch.autocast(
@@ -197,7 +198,8 @@ def main():
     peak_flops = matmul_flops(torch.device(args.device))
     n_params = 124_439_808  # GPT-2 small with its 50257-token vocabulary (wte counted once, as it is tied)
     # Training FLOPs per token: 6 per weight used in a matrix product (forward 2, backward 4; the position table is a
-    # lookup), plus 12 * n_layer * n_embd * T for attention's scores and weighted sums (Kaplan et al. 2020, table 1).
+    # lookup), plus 12 * n_layer * n_embd * T for attention's scores and weighted sums (the count of Chowdhery et al.
+    # 2022, PaLM, appendix B).
     flops_per_token = 6 * (n_params - 1024 * 768) + 12 * 12 * 768 * BLOCK
 
     tasks = [("train-float32", "transformers", False), ("train-float32", "transformers + fused AdamW", True),

@@ -111,6 +111,9 @@ def test_saved_folder_loads_in_transformers(tmp_path, gpt2_encoding):
     with torch.no_grad():
         assert (reloaded(idx).logits - model(idx)[0]).abs().max().item() <= 1e-5
     assert not list((tmp_path / "out").glob("*.tmp"))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")  # the tokenizer files work there too
+    for text in ("Walking down the road of life", " naïve  café\n\tdon't <|endoftext|>"):
+        assert tokenizer(text).input_ids == gpt2_encoding.encode(text, allowed_special="all")
 
 
 def test_tokenizer_files_equal_gpt2s_own(gpt2_encoding, data_dir):
@@ -140,6 +143,11 @@ def test_init_from_gpt_py_checkpoint(tmp_path):
                        "meta": {"tokenizer": "char"}}
     torch.save(char_checkpoint, path)
     with pytest.raises(ft.CheckpointError, match="tokenizer"):
+        ft.load_gpt_py_checkpoint(path)
+    no_bias = dataclasses.replace(config, bias=False)  # it would train, but no GPT-2 folder could hold it
+    torch.save({"format": gpt.CHECKPOINT_FORMAT, "model": gpt.GPT(no_bias).state_dict(),
+                "config": dataclasses.asdict(no_bias), "meta": {"tokenizer": "gpt2"}}, path)
+    with pytest.raises(ft.CheckpointError, match="without biases"):
         ft.load_gpt_py_checkpoint(path)
 
 
@@ -397,8 +405,8 @@ def test_finetune_lowers_the_loss_and_saves_a_loadable_folder(tmp_path, data_dir
 
 
 def test_command_line_tolerates_a_notebook_and_names_bad_flags():
-    config = ft.parse_config(["-f", "/root/.local/share/jupyter/runtime/kernel-1.json", "--no-compile"])
-    assert config.compile is False and config.init_from == "gpt2"
+    config, given = ft.parse_config(["-f", "/root/.local/share/jupyter/runtime/kernel-1.json", "--no-compile"])
+    assert config.compile is False and config.init_from == "gpt2" and given == {"compile"}
     with pytest.raises(SystemExit, match="top_p"):
         ft.parse_config(["--top_p", "0"])
     with pytest.raises(SystemExit, match="--mode must be one of"):
@@ -551,6 +559,7 @@ def test_malformed_hugging_face_folders_are_named(tmp_path):
     (["--temperature", "-1"], "^--temperature must be 0 or more, not -1.0$"),
     (["--top_p", "1.5"], r"^--top_p must be in \(0, 1\], not 1.5$"),
     (["--repetition_penalty", "0"], "^--repetition_penalty must be more than 0"),
+    (["--mode", "evaluate", "--save_hf", "hf"], "^--save_hf is written by --mode finetune or --mode generate"),
 ])
 def test_bad_values_are_named_alone(flags, message):
     with pytest.raises(SystemExit, match=message):
@@ -677,3 +686,56 @@ def test_data_of_another_tokenizer_is_refused_before_the_model_is_fetched(tmp_pa
     with pytest.raises(SystemExit) as error:  # gpt2 would be a download: the data is refused first
         ft.main(["--init_from", "gpt2", "--data_dir", str(folder), "--out_dir", str(tmp_path / "out")])
     assert "holds char tokens, not GPT-2's" in one_sentence(error)
+
+
+def test_long_documents_are_cut_into_passages_without_false_endings(gpt2_encoding):
+    song = "\n".join(f"line {i}" for i in range(70))  # no blank line: one document, cut into 32 + 32 + 6 lines
+    passages = ft.split_documents(f"{song}\n\nchorus\nchorus again\n\nchorus\nchorus again\n")
+    assert [ends for _, ends in passages] == [False, False, True, True, True]
+    eot = gpt2_encoding.eot_token
+    assert ft.encode_documents(passages[:3], gpt2_encoding).tolist() == \
+        gpt2_encoding.encode_ordinary(song) + [eot]  # the cuts are newlines again: one text, one <|endoftext|>
+    for seed in range(20):
+        train, val = ft.split_passages(passages, 0.4, seed)
+        train_texts = [text for text, _ in train]
+        assert not any(text in train_texts for text, _ in val)  # the repeated chorus is never scored as unseen
+        for side in (train, val):
+            texts = [text for text, _ in side]
+            for (text, ends), following in zip(side, texts[1:] + [None]):
+                i = [p for p, _ in passages].index(text)
+                # A passage goes on without <|endoftext|> only into the passage that really follows it.
+                assert ends or (i + 1 < len(passages) and passages[i + 1][0] == following)
+
+
+def test_resume_with_no_flags_keeps_the_run_and_a_ctrl_c_inside_a_step_is_exact(small_run, tmp_path, monkeypatch,
+                                                                              capsys):
+    # Settings unlike the defaults, then a resume that types none of them: it must still be the same run. The Ctrl-C
+    # lands inside step 4, after the first block has drawn its dropout masks.
+    run = small_run + ["--dropout", "0.2", "--max_steps", "7", "--grad_accum_steps", "2", "--batch_size", "4",
+                       "--seed", "7", "--eval_batches", "2"]
+    ft.main(run + ["--out_dir", str(tmp_path / "straight")])
+    mlp_forward, calls = ft.MLP.forward, []
+
+    def ctrl_c_inside_step_4(self, x):
+        if self.training:
+            calls.append(1)
+            if len(calls) == 2 * 2 * 3 + 2:  # 2 blocks x 2 micro-steps per step; step 4's second MLP
+                raise KeyboardInterrupt
+        return mlp_forward(self, x)
+
+    monkeypatch.setattr(ft.MLP, "forward", ctrl_c_inside_step_4)
+    ft.main(run + ["--out_dir", str(tmp_path / "resumed")])
+    monkeypatch.setattr(ft.MLP, "forward", mlp_forward)
+    assert torch.load(tmp_path / "resumed" / "ckpt.pt", weights_only=True)["step"] == 3
+    capsys.readouterr()
+    ft.main(["--init_from", "resume", "--out_dir", str(tmp_path / "resumed"), "--bleu_samples", "0", "--threads", "1",
+             "--max_new_tokens", "3", "--num_return_sequences", "1"])
+    printed = capsys.readouterr().out
+    assert "resuming with the run's own settings:" in printed and "--learning_rate 0.001" in printed
+    straight, resumed = (torch.load(tmp_path / name / "ckpt.pt", weights_only=True) for name in ("straight", "resumed"))
+    assert resumed["step"] == 7
+    for field in ("batch_size", "grad_accum_steps", "seed", "learning_rate", "warmup_steps", "dropout", "max_steps",
+                  "block_size", "input"):
+        assert resumed["config"][field] == straight["config"][field], field
+    for name, tensor in straight["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
