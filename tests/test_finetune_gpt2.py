@@ -51,6 +51,20 @@ def save_as_bin(model, folder):
     torch.save(state, Path(folder) / "pytorch_model.bin")
 
 
+def save_like_the_hub(model, folder):
+    """model.safetensors laid out as openai-community/gpt2's on the Hub: no "transformer." prefix, no lm_head, and
+    each block's causal mask stored as a float tensor h.N.attn.bias."""
+    from safetensors.torch import save_file
+
+    model.config.save_pretrained(folder)
+    state = {key.removeprefix("transformer."): value.contiguous() for key, value in model.state_dict().items()
+             if key != "lm_head.weight"}
+    n = model.config.n_positions
+    for i in range(model.config.n_layer):
+        state[f"h.{i}.attn.bias"] = torch.tril(torch.ones(n, n)).view(1, 1, n, n)
+    save_file(state, str(Path(folder) / "model.safetensors"), metadata={"format": "pt"})
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # The shared block
 
@@ -75,12 +89,14 @@ def test_block_is_identical_to_gpt_py():
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("file_format", ["safetensors", "bin"])
+@pytest.mark.parametrize("file_format", ["safetensors", "bin", "hub"])
 def test_loader_matches_transformers(shape, file_format, tmp_path):
     reference = tiny_hf_model(*shape)
     if file_format == "safetensors":
         reference.save_pretrained(tmp_path)
         assert (tmp_path / "model.safetensors").is_file()
+    elif file_format == "hub":
+        save_like_the_hub(reference, tmp_path)
     else:
         save_as_bin(reference, tmp_path)
     model = ft.load_hf_folder(tmp_path).eval()
@@ -211,6 +227,14 @@ def test_generation_stops_at_end_of_text(tmp_path):
     stop_id = free[0, 6].item()  # pretend the third generated token is <|endoftext|>
     stopped = ft.generate(model, prompt, 10, eot_id=stop_id, temperature=0.0)
     assert stopped[0, -1].item() == stop_id and stopped.size(1) <= 7
+    # In a batch, a row that has ended is padded with <|endoftext|> while the others go on as they would alone.
+    other = torch.randint(0, 300, (1, 4), generator=torch.Generator().manual_seed(5))
+    other_free = ft.generate(model, other, 10, temperature=0.0)
+    assert stop_id not in other_free[0, 4:].tolist(), "pick another seed: the second row must not stop"
+    both = ft.generate(model, torch.cat([prompt, other]), 10, eot_id=stop_id, temperature=0.0)
+    end = stopped.size(1)
+    assert both.size(1) == 14 and both[0, :end].tolist() == stopped[0].tolist()
+    assert both[0, end:].tolist() == [stop_id] * (14 - end) and both[1].tolist() == other_free[0].tolist()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
