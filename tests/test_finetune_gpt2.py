@@ -261,12 +261,11 @@ def test_bleu_equals_sacrebleu(hypotheses, references):
 
 
 def test_13a_tokens_equal_sacrebleu():
-    sacrebleu = pytest.importorskip("sacrebleu")
+    pytest.importorskip("sacrebleu")
     from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
     for line in ["Hello, world.", "1,000.50 and 3-4", "e-mail: a@b.com {x} [y] <z>", "end-\nof line", "&quot;hi&quot;"]:
         assert ft.tokenize_13a(line) == Tokenizer13a()(line).split()
-    assert sacrebleu  # imported for the skip
 
 
 def test_distinct_n():
