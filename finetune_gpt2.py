@@ -890,7 +890,7 @@ def generate(model, idx, max_new_tokens, eot_id=None, use_cache=True, generator=
     past_kv = None
     for _ in range(max_new_tokens):
         if idx.size(1) - window_start > block_size:
-            window_start, past_kv = idx.size(1) - block_size // 2, None
+            window_start, past_kv = idx.size(1) - max(1, block_size // 2), None
         if past_kv is None:
             logits, _, past_kv = model(idx[:, window_start:])
         else:
