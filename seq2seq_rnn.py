@@ -1050,7 +1050,14 @@ def main(argv=None):
     if "" in checkpoint_paths:
         raise SystemExit(f"--checkpoint {config.checkpoint!r} has an empty name; separate checkpoint files by single "
                          f"commas, e.g. a/best.pt,b/best.pt.")
-    model, config, vocabularies = load_models(checkpoint_paths, given, device)
+    model, trained, vocabularies = load_models(checkpoint_paths, given, device)
+    # The checkpoint fixes the model (its shape, language and direction) and, unless --data_dir is given, the folder
+    # its lexicons came from. What this command scores, how it decodes and where it writes (--max_dev_rows,
+    # --beam_size, --length_penalty, --out_dir, ...) come from this command line or the defaults, never from the
+    # training run: a run trained with --max_dev_rows 100 is still scored on the whole dev split.
+    config = dataclasses.replace(config, **{name: getattr(trained, name) for name in MODEL_FIELDS})
+    if "data_dir" not in given:
+        config.data_dir = trained.data_dir
     if config.translit:
         words = config.translit.split()
         known = set(vocabularies["source"])

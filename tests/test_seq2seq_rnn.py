@@ -378,6 +378,25 @@ def test_translit_reads_capitals_as_the_lower_case_it_was_trained_on(tmp_path, c
     assert len((tmp_path / "ev" / "predictions.tsv").read_text().splitlines()) == 5
 
 
+def test_evaluate_scores_and_writes_what_its_own_command_line_says(tmp_path, monkeypatch, capsys):
+    """--evaluate takes the model from the checkpoint, but not the training run's --max_dev_rows, --beam_size or
+    --out_dir: the whole dev split is scored with the default beam, and without --out_dir the results go to the
+    default folder, never over the training run's files."""
+    reversal_data(tmp_path / "data", train_size=100, dev_size=10)
+    run = tmp_path / "run"
+    s2s.main(["--data_dir", str(tmp_path / "data"), "--out_dir", str(run), "--max_dev_rows", "4", "--beam_size", "2",
+              "--hidden_size", "8", "--embedding_size", "4", "--epochs", "1", "--heatmaps", "0"])
+    trained = {path.name: path.read_bytes() for path in run.iterdir()}
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    capsys.readouterr()
+    s2s.main(["--evaluate", "dev", "--checkpoint", str(run / "best.pt"), "--heatmaps", "0"])
+    assert "dev (beam 5, 10 rows" in capsys.readouterr().out
+    rows = (tmp_path / "elsewhere" / "out-seq2seq" / "predictions.tsv").read_text().splitlines()
+    assert len(rows) == 11  # header and all 10 dev rows
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == trained
+
+
 def test_bad_input_gets_one_clear_sentence(tmp_path):
     reversal_data(tmp_path / "data", train_size=100, dev_size=10)
     out = tmp_path / "out"
