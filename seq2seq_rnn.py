@@ -112,6 +112,8 @@ MODEL_FIELDS = ("lang", "direction", "cell", "embedding_size", "hidden_size", "e
 # What a checkpoint saved before a field existed was trained with; pinned here, not read from Config, so that a later
 # change of a default cannot make old checkpoints build the wrong model.
 OLDER_CHECKPOINT_VALUES = {"input_feeding": False}
+# What a resumed run reads, unless given again: the data of the run it continues.
+RESUMED_DATA_FIELDS = ("lang", "direction", "data_dir", "max_train_rows", "max_dev_rows")
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Model: recurrent layers, encoder, bridge (encoder state -> decoder state), attention, decoder, the whole model.
@@ -844,6 +846,18 @@ def linear_learning_rate(config, progress, seconds_into_epoch, fraction_of_epoch
 def train(config, given):
     device = pick_device(config.device)
     out_dir = Path(config.out_dir)
+    if config.resume and not (out_dir / "last.pt").is_file():
+        raise SystemExit(f"nothing to resume: {out_dir / 'last.pt'} does not exist; give the --out_dir of the run to "
+                         f"continue, or start a new run without --resume.")
+    if not config.resume and (out_dir / "last.pt").exists():  # a new run must not overwrite a trained model
+        raise SystemExit(f"{out_dir} already holds a run (last.pt); continue it with --resume, or choose another "
+                         f"--out_dir (or delete that one).")
+    checkpoint = load_checkpoint(out_dir / "last.pt") if config.resume else None
+    if checkpoint is not None:
+        # A resumed run reads the data the interrupted run read, unless this command line names it again: with
+        # other dev rows, early stopping would compare accuracies measured on different words.
+        config = dataclasses.replace(config, **{name: checkpoint["config"][name] for name in RESUMED_DATA_FIELDS
+                                                if name in checkpoint["config"] and name not in given})
     out_dir.mkdir(parents=True, exist_ok=True)
     train_pairs = read_lexicon(lexicon_path(config, "train"), config.direction)
     dev_pairs = read_lexicon(lexicon_path(config, "dev"), config.direction)
@@ -858,14 +872,7 @@ def train(config, given):
                 "train_seconds": 0.0, "learning_rate": config.learning_rate}
     model = Seq2Seq(config, len(vocabularies["source"]), len(vocabularies["target"])).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    if config.resume and not (out_dir / "last.pt").is_file():
-        raise SystemExit(f"nothing to resume: {out_dir / 'last.pt'} does not exist; give the --out_dir of the run to "
-                         f"continue, or start a new run without --resume.")
-    if not config.resume and (out_dir / "last.pt").exists():  # a new run must not overwrite a trained model
-        raise SystemExit(f"{out_dir} already holds a run (last.pt); continue it with --resume, or choose another "
-                         f"--out_dir (or delete that one).")
-    if config.resume:
-        checkpoint = load_checkpoint(out_dir / "last.pt")
+    if checkpoint is not None:
         if checkpoint["vocabularies"] != vocabularies:
             trained = {name: checkpoint["config"].get(name) for name in ("lang", "direction", "max_train_rows")}
             raise SystemExit(f"{out_dir / 'last.pt'} was trained on other characters (it was trained with "

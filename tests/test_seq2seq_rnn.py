@@ -341,6 +341,23 @@ def test_resume_continues_exactly(tmp_path):
             assert torch.equal(tensor, split[key][name]), (key, name)
 
 
+def test_resume_reads_the_data_of_the_run_it_continues(tmp_path, monkeypatch, capsys):
+    """Without --data_dir, --max_train_rows and --max_dev_rows, a resumed run trains and scores on the rows the run it
+    continues used, not on this command line's defaults (early stopping compares dev accuracies across the resume)."""
+    reversal_data(tmp_path / "data", train_size=100, dev_size=10)
+    write_lexicons(tmp_path / "elsewhere" / "dakshina", {"train": [("xyz", "Q")], "dev": [("xyz", "Q")]})
+    monkeypatch.setenv("NANOVERSE_DATA", str(tmp_path / "elsewhere"))  # where a run without --data_dir looks
+    out = tmp_path / "out"
+    s2s.main(["--data_dir", str(tmp_path / "data"), "--max_train_rows", "50", "--max_dev_rows", "4", "--out_dir",
+              str(out), "--hidden_size", "8", "--embedding_size", "4", "--epochs", "1", "--heatmaps", "0"])
+    capsys.readouterr()
+    s2s.main(["--out_dir", str(out), "--resume", "--epochs", "2"])
+    assert "50 training and 4 dev rows" in capsys.readouterr().out
+    assert len((out / "predictions.tsv").read_text().splitlines()) == 5  # header and the 4 dev rows
+    resumed = torch.load(out / "last.pt", weights_only=True)
+    assert resumed["progress"]["epoch"] == 2 and resumed["config"]["max_dev_rows"] == 4
+
+
 def test_a_new_run_never_overwrites_a_trained_one(tmp_path):
     reversal_data(tmp_path / "data", train_size=100, dev_size=10)
     common = ["--data_dir", str(tmp_path / "data"), "--out_dir", str(tmp_path / "out"), "--hidden_size", "8",
@@ -438,7 +455,7 @@ def test_bad_input_gets_one_clear_sentence(tmp_path):
     with pytest.raises(SystemExit, match="an ensemble needs models trained on the same language and direction"):
         s2s.main(["--translit", "abc", "--checkpoint", f"{checkpoint},{tmp_path / 'out_other' / 'best.pt'}"])
     with pytest.raises(SystemExit, match="found no hi.translit.sampled.train.tsv"):
-        s2s.main(["--data_dir", str(tmp_path), "--out_dir", str(out)])
+        s2s.main(["--data_dir", str(tmp_path), "--out_dir", str(tmp_path / "new")])
     bad.write_text("\tnamaste\t1\n", encoding="utf-8")
     with pytest.raises(SystemExit, match="line 1 of .*bad.tsv has an empty native column"):
         s2s.main(["--evaluate", str(bad), "--checkpoint", checkpoint])
