@@ -740,6 +740,8 @@ def save_checkpoint(path, model, optimizer, config, vocabularies, progress, gene
                   "torch_rng": torch.get_rng_state(), "batch_rng": generator.get_state()}
     if averaged is not None:
         checkpoint["averaged_model"] = averaged.state_dict()
+    if torch.cuda.is_available():  # on a GPU, dropout and scheduled sampling draw from the CUDA generators
+        checkpoint["cuda_rng"] = torch.cuda.get_rng_state_all()
     temporary = Path(str(path) + ".tmp")
     torch.save(checkpoint, temporary)
     os.replace(temporary, path)
@@ -883,6 +885,9 @@ def train(config, given):
         optimizer.load_state_dict(checkpoint["optimizer"])
         progress = checkpoint["progress"]
         torch.set_rng_state(checkpoint["torch_rng"])
+        if "cuda_rng" in checkpoint and torch.cuda.is_available() \
+                and len(checkpoint["cuda_rng"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
         generator.set_state(checkpoint["batch_rng"])
         print(f"resuming after epoch {progress['epoch']} ({progress['train_seconds'] / 60:.1f} min trained, best dev "
               f"accuracy {progress['best_dev_accuracy']:.2%})")

@@ -358,6 +358,23 @@ def test_resume_reads_the_data_of_the_run_it_continues(tmp_path, monkeypatch, ca
     assert resumed["progress"]["epoch"] == 2 and resumed["config"]["max_dev_rows"] == 4
 
 
+def test_checkpoints_keep_the_cuda_generators_when_there_is_a_gpu(tmp_path, monkeypatch):
+    """On a GPU, dropout and scheduled sampling draw from the CUDA generators: last.pt saves their states and a
+    resume restores them. (Run here with a stand-in for torch.cuda, training on the CPU.)"""
+    states, restored = [torch.tensor([7, 8, 9], dtype=torch.uint8)], []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    reversal_data(tmp_path / "data", train_size=50, dev_size=5)
+    common = ["--data_dir", str(tmp_path / "data"), "--out_dir", str(tmp_path / "out"), "--device", "cpu",
+              "--hidden_size", "8", "--embedding_size", "4", "--heatmaps", "0"]
+    s2s.main(common + ["--epochs", "1"])
+    assert torch.equal(torch.load(tmp_path / "out" / "last.pt", weights_only=True)["cuda_rng"][0], states[0])
+    s2s.main(common + ["--epochs", "2", "--resume"])
+    assert len(restored) == 1 and torch.equal(restored[0][0], states[0])
+
+
 def test_a_new_run_never_overwrites_a_trained_one(tmp_path):
     reversal_data(tmp_path / "data", train_size=100, dev_size=10)
     common = ["--data_dir", str(tmp_path / "data"), "--out_dir", str(tmp_path / "out"), "--hidden_size", "8",
