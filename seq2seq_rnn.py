@@ -972,7 +972,10 @@ def train(config, given):
             outputs = transliterate(scored, sample, vocabularies, 1, config.max_output_length)
             print("  sample: " + ", ".join(f"{s} -> {o[0][0]}" for s, o in zip(sample, outputs)))
     except KeyboardInterrupt:  # Ctrl-C: keep what was trained (last.pt holds the last finished epoch) and evaluate
-        print("interrupted: evaluating the best checkpoint so far")
+        if (out_dir / "best.pt").exists():
+            print("interrupted: evaluating the best checkpoint so far")
+        else:
+            print("interrupted before the first epoch finished: there is no best.pt to evaluate yet")
     finally:
         log_file.close()
     if not (out_dir / "best.pt").exists():

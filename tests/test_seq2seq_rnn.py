@@ -375,6 +375,18 @@ def test_checkpoints_keep_the_cuda_generators_when_there_is_a_gpu(tmp_path, monk
     assert len(restored) == 1 and torch.equal(restored[0][0], states[0])
 
 
+def test_ctrl_c_before_the_first_epoch_ends_says_there_is_no_best_checkpoint(tmp_path, monkeypatch, capsys):
+    reversal_data(tmp_path / "data", train_size=50, dev_size=5)
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(s2s, "sequence_loss", interrupt)
+    assert s2s.main(["--data_dir", str(tmp_path / "data"), "--out_dir", str(tmp_path / "out"), "--hidden_size", "8",
+                     "--embedding_size", "4", "--epochs", "1", "--heatmaps", "0"]) is None
+    assert "interrupted before the first epoch finished: there is no best.pt" in capsys.readouterr().out
+
+
 def test_a_new_run_never_overwrites_a_trained_one(tmp_path):
     reversal_data(tmp_path / "data", train_size=100, dev_size=10)
     common = ["--data_dir", str(tmp_path / "data"), "--out_dir", str(tmp_path / "out"), "--hidden_size", "8",
