@@ -111,7 +111,7 @@ MODEL_FIELDS = ("lang", "direction", "cell", "embedding_size", "hidden_size", "e
                 "bidirectional", "attention", "input_feeding", "reverse_output")
 # What a checkpoint saved before a field existed was trained with; pinned here, not read from Config, so that a later
 # change of a default cannot make old checkpoints build the wrong model.
-OLDER_CHECKPOINT_VALUES = {"input_feeding": False}
+OLDER_CHECKPOINT_VALUES = {"input_feeding": False, "reverse_output": False}
 # What a resumed run reads, unless given again: the data of the run it continues.
 RESUMED_DATA_FIELDS = ("lang", "direction", "data_dir", "max_train_rows", "max_dev_rows")
 
@@ -775,7 +775,7 @@ def model_from_checkpoint(checkpoint, given, device):
     saved = {**OLDER_CHECKPOINT_VALUES, **checkpoint["config"]}
     config = Config(**{**saved, **{k: v for k, v in given.items() if k not in MODEL_FIELDS}})
     for name in MODEL_FIELDS:
-        trained_with = saved.get(name, getattr(Config, name))  # older checkpoints lack newer fields
+        trained_with = saved[name]
         if name in given and given[name] != trained_with:
             raise SystemExit(f"the checkpoint was trained with {as_option(name, trained_with)}, not "
                              f"{as_option(name, given[name])}; drop that option or train a new model.")

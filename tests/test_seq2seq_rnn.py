@@ -468,8 +468,8 @@ def test_bad_input_gets_one_clear_sentence(tmp_path):
         s2s.main(["--translit", "abc", "--checkpoint", checkpoint, "--cell", "gru"])
     with pytest.raises(SystemExit, match="--input_feeding feeds the attentional state back, so it needs"):
         s2s.main(["--attention", "none", "--input_feeding", "--epochs", "1"])
-    older = torch.load(checkpoint, weights_only=True)  # a checkpoint saved before --input_feeding existed
-    del older["config"]["input_feeding"]
+    older = torch.load(checkpoint, weights_only=True)  # saved before --input_feeding and --reverse_output existed
+    del older["config"]["input_feeding"], older["config"]["reverse_output"]
     torch.save(older, tmp_path / "older.pt")
     assert len(s2s.main(["--translit", "abc", "--checkpoint", str(tmp_path / "older.pt")])) == 1
     write_lexicons(tmp_path / "other", {"train": [("xyz", "q")], "dev": [("xyz", "q")]})
