@@ -1,6 +1,7 @@
 """Tests for seq2seq_rnn.py: shapes and gradients for every cell, attention and padding, packing, beam search,
 learning a toy mapping, metrics, checkpoints and resuming, bad input, and a smoke run on Hindi Dakshina data."""
 
+import itertools
 import json
 import random
 import subprocess
@@ -165,8 +166,39 @@ def test_beam_search_with_beam_one_equals_greedy(attention, input_feeding):
     assert [s2s.decode_ids(row, itos) for row in greedy.tolist()] == [s2s.decode_ids(row[0], itos)
                                                                       for row in beam.tolist()]
     torch.testing.assert_close(greedy_log_probs, beam_log_probs[:, 0])  # the same words, the same probabilities
-    wide, wide_scores, _ = s2s.beam_search(model, source, lengths, beam_size=4, max_length=12)
-    assert wide.shape[:2] == (5, 4) and (wide_scores[:, :-1] >= wide_scores[:, 1:]).all()  # best first
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 0.5, 1.0])
+def test_a_beam_wide_enough_for_every_output_finds_the_best_one(length_penalty):
+    """Two real characters and at most 4 steps make 31 possible outputs (<eos> after 0-3 characters, or 4 characters
+    cut off by max_length). A beam of 64 keeps them all, so its first output must be the one that scoring every
+    output by teacher forcing ranks best: log P / len**length_penalty, len counting <eos>."""
+    torch.manual_seed(0)
+    model = s2s.Seq2Seq(tiny_config(cell="gru", attention="dot"), 12, 6).eval()
+    with torch.no_grad():  # no <pad>, <sos> or <unk>; with this <eos> the best word is short for penalty 0, long for 1
+        model.decoder.output.bias[[s2s.PAD, s2s.SOS, s2s.UNK]] = -1e4
+        model.decoder.output.bias[s2s.EOS] -= 1.0
+    source, lengths, _ = random_batch(batch_size=3, lengths=(5, 2, 4))
+    real, max_length = [4, 5], 4
+    outputs = [list(chars) + [s2s.EOS] for n in range(max_length) for chars in itertools.product(real, repeat=n)]
+    outputs += [list(chars) for chars in itertools.product(real, repeat=max_length)]
+    assert len(outputs) == 31
+    targets = torch.tensor([output + [s2s.PAD] * (max_length - len(output)) for output in outputs])  # (31, 4)
+    inputs = torch.cat([torch.full((31, 1), s2s.SOS), targets[:, :-1]], dim=1)
+    sequences, scores, _ = s2s.beam_search(model, source, lengths, beam_size=64, max_length=max_length,
+                                           length_penalty=length_penalty)
+    best_lengths = set()
+    for row in range(3):
+        with torch.no_grad():
+            logits = model(source[row:row + 1].expand(31, -1), lengths[row:row + 1].expand(31), inputs)
+        per_step = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        log_probs = (per_step * (targets != s2s.PAD)).sum(1)
+        ranked = log_probs / torch.tensor([float(len(output)) for output in outputs]) ** length_penalty
+        best = outputs[int(ranked.argmax())]
+        assert sequences[row, 0, :len(best)].tolist() == best
+        torch.testing.assert_close(scores[row, 0], ranked.max(), atol=2e-5, rtol=1e-5)
+        best_lengths.add(len(best))
+    assert best_lengths == ({1} if length_penalty == 0 else {4})  # the penalty really decides between lengths
 
 
 @pytest.mark.parametrize("cell, input_feeding", [("lstm", False), ("lstm", True), ("gru", True), ("rnn", True)])
