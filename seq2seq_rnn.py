@@ -82,7 +82,7 @@ class Config:
     lr_schedule: str = "plateau"  # plateau (cut by lr_decay after an epoch without a better dev accuracy) or linear
     lr_decay: float = 0.5  # plateau schedule: multiply the learning rate by this after an epoch that does not improve
     teacher_forcing: float = 1.0  # probability of feeding the reference character (not the model's guess) per step
-    label_smoothing: float = 0.1  # spread this much target probability over the other characters
+    label_smoothing: float = 0.1  # train towards (1 - this) * one-hot + this * uniform over all output symbols
     grad_clip: float = 1.0  # clip the gradient norm to this (0 = off)
     average_decay: float = 0.999  # keep a moving average of the weights (decay per step; 0 = off) for dev and best.pt
     patience: int = 5  # stop after this many epochs without a better dev accuracy
@@ -182,9 +182,9 @@ class Bridge(nn.Module):
 class Attention(nn.Module):
     """Scores every input position for every decoder step, softmax over the real (unpadded) positions.
 
-    dot (Luong et al. 2015, eq. 8): score = h_t . m_s. additive (Bahdanau et al. 2015, eq. 6, Luong's "concat"):
-    score = v . tanh(W h_t + U m_s). Here both score the decoder's current output h_t (Luong's order), so a whole
-    teacher-forced target can go through the decoder RNN in one call (unless input feeding, see Decoder).
+    dot (Luong et al. 2015, eq. 8): score = h_t . m_s. additive (Bahdanau et al. 2015, appendix A.1.2, Luong's
+    "concat"): score = v . tanh(W h_t + U m_s). Here both score the decoder's current output h_t (Luong's order), so a
+    whole teacher-forced target can go through the decoder RNN in one call (unless input feeding, see Decoder).
     """
 
     def __init__(self, kind, hidden_size):
@@ -285,8 +285,9 @@ class Seq2Seq(nn.Module):
         memory, keys, memory_mask, state = self.encode(source, source_lengths)
         if teacher_forcing >= 1.0:  # every decoder input is the reference: run the whole target in one call
             return self.decoder(target_inputs, state, memory, keys, memory_mask)[0]
-        # Scheduled sampling (Bengio et al. 2015, https://arxiv.org/abs/1506.03099): per word and step, feed the
-        # reference with probability teacher_forcing, else the model's own best guess, as at test time.
+        # A fixed-rate form of scheduled sampling (Bengio et al. 2015, https://arxiv.org/abs/1506.03099, lower the rate
+        # during training): per word and step, feed the reference with probability teacher_forcing, else the model's
+        # own best guess, as at test time.
         tokens, all_logits = target_inputs[:, :1], []
         for step in range(target_inputs.size(1)):
             logits, state, _ = self.decoder(tokens, state, memory, keys, memory_mask)
@@ -339,7 +340,8 @@ def beam_search(model, source, source_lengths, beam_size, max_length, length_pen
     """Keeps the beam_size best partial outputs per word, all words of the batch at once (B * K decoder rows).
 
     Hypotheses are ranked by log P(y) / len(y)**length_penalty (len counts <eos>) so that longer words are not
-    punished just for having more factors below 1 (Wu et al. 2016, section 7, https://arxiv.org/abs/1609.08144).
+    punished just for having more factors below 1: the simpler len**alpha form of the length normalisation of Wu et
+    al. 2016, section 7 (https://arxiv.org/abs/1609.08144), who divide by ((5 + len) / 6)**alpha.
     Returns ids (B, K, T) and normalised scores (B, K), best first, and the raw log-probabilities (B, K).
     """
     batch_size, K = source.size(0), beam_size
@@ -539,7 +541,8 @@ def transliteration_metrics(pairs, candidates):
 
     word_accuracy: top-1 equals the row's reference, counted per row (Dakshina lists a word once per romanization).
     any_reference_accuracy: per distinct input, top-1 is any of the references given for that input.
-    top_k_accuracy: the reference is among the candidates. cer: edit distance / reference length, summed over rows.
+    top_k_accuracy: the reference is among the candidates. cer: the edit distances of all rows' top-1 outputs, summed,
+    over the summed lengths of their references (a rate over the whole corpus, not a mean of per-word rates).
     """
     references = defaultdict(set)
     for source, reference in pairs:
