@@ -568,9 +568,21 @@ def split_documents(texts, config):
     """Return (train_texts, val_texts). `contiguous`: one cut in the running text at 1 - val_fraction, as nanoGPT
     does for Tiny Shakespeare. `doc`: a seeded shuffle of whole documents, so no document straddles the split."""
     if config.split == "contiguous":
-        running = "\n\n".join(texts)
-        cut = int(len(running) * (1 - config.val_fraction))
-        return [running[:cut]], [running[cut:]]
+        # The running text is the documents joined by blank lines (cleansed.txt). Documents before the cut go to
+        # training, the one it falls in is cut in two, the rest go to validation: each stays a document of its own,
+        # so <|endoftext|> still separates them. A single text is simply cut in two.
+        cut = int((sum(len(text) for text in texts) + 2 * (len(texts) - 1)) * (1 - config.val_fraction))
+        train_texts, val_texts, start = [], [], 0
+        for text in texts:
+            if start + len(text) <= cut:
+                train_texts.append(text)
+            elif start >= cut:
+                val_texts.append(text)
+            else:
+                train_texts.append(text[:cut - start])
+                val_texts.append(text[cut - start:])
+            start += len(text) + 2  # the blank line "\n\n" after it
+        return train_texts, val_texts
     if len(texts) < 2:
         raise SystemExit("error: --split doc needs at least 2 documents and this corpus has 1; use --split contiguous")
     order = list(range(len(texts)))

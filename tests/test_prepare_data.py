@@ -194,6 +194,22 @@ def test_gpt2_puts_endoftext_between_documents(tmp_path, gpt2_encoding):
     assert sorted(decoded) == sorted(POEMS)  # each document whole, on exactly one side of the split
 
 
+def test_contiguous_split_keeps_endoftext_between_documents(tmp_path, gpt2_encoding):
+    """One cut in the running text (documents joined by blank lines): documents before it go to training whole, the
+    one it falls in is cut in two, the rest go to validation, and <|endoftext|> still separates documents."""
+    poems = ["The first poem walks along a quiet road", "A second poem sings of rain upon the hill",
+             "The third poem ends the book with a night"]
+    path = write(tmp_path / "poems.json", json.dumps([{"poem": text} for text in poems]))
+    meta = pd.prepare(config_for(tmp_path, input=str(path), tokenizer="gpt2", split="contiguous", val_fraction=0.5))
+    running = "\n\n".join(poems)  # 125 characters: the cut is at 62, 21 characters into the second poem
+    cut = len(running) // 2 - len(poems[0] + "\n\n")
+    assert 0 < cut < len(poems[1])
+    encode = gpt2_encoding.encode_ordinary
+    assert read_tokens(tmp_path / "out", "train", meta).tolist() == encode(poems[0]) + [50256] + encode(poems[1][:cut])
+    assert read_tokens(tmp_path / "out", "val", meta).tolist() == encode(poems[1][cut:]) + [50256] + encode(poems[2])
+    assert meta["eot_id"] == 50256 and meta["split"] == "contiguous"
+
+
 def test_poems_mirror_keeps_authors_and_drops_the_null_poem(data_dir, tmp_path):
     meta = pd.prepare(pd.Config(dataset="poems", out_dir=str(tmp_path), eda=False, tokenizer="char"))
     assert meta["cleansing"]["documents_in"] == 2055 and meta["cleansing"]["empty_documents_dropped"] == 1
