@@ -763,7 +763,7 @@ def main(argv=None):
         comments = dict(re.findall(r"^\s+(\w+): .*?  # (.+)$", inspect.getsource(Config), re.M))
     except (OSError, TypeError):  # source not available (e.g. a frozen app): flags still work, without help
         comments = {}
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0],  # python -OO drops docstrings
                                      allow_abbrev=False)  # a misspelled flag is an error, never a guess
     for field in fields(Config):
         help_text = comments.get(field.name, "")

@@ -450,3 +450,10 @@ def test_a_cache_dir_that_is_a_file_is_named(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="cannot create the download folder .*--cache_dir"):
         pd.main(["shakespeare_char", "--cache_dir", str(taken), "--out_dir", str(tmp_path / "out")])
     assert taken.read_text() == "not a folder"
+
+
+def test_help_works_without_docstrings():
+    """python -OO strips docstrings; the description of --help comes from the module docstring."""
+    result = subprocess.run([sys.executable, "-OO", "prepare_data.py", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and "--min_chars" in result.stdout, result.stderr
