@@ -12,7 +12,8 @@ References: Karpathy's char-rnn and nanoGPT data preparation (the Tiny Shakespea
 
 Run:
     CPU:    python prepare_data.py shakespeare_char            # ~4 s: 65 symbols, 1,003,854 / 111,540 tokens
-            python prepare_data.py poems --tokenizer gpt2       # Poetry Foundation poems, --input PATH for yours
+            python prepare_data.py poems --tokenizer gpt2       # Poetry Foundation poems: needs $NANOVERSE_DATA
+                                                                # (the data mirror) or --input PATH (Kaggle's CSV)
             python prepare_data.py custom --input my_texts/ --tokenizer bpe --vocab_size 1024 --show_batches
     GPU:    the same commands; this script does not use the GPU
     Colab:  !python prepare_data.py shakespeare_char --show_batches
@@ -51,10 +52,10 @@ class Config:
     text_field: str = ""  # the text column/key in JSON, JSON Lines or CSV (default: found automatically)
     encoding: str = "utf-8"  # text encoding of the input; bytes that do not decode are replaced, with a warning
     # cleansing
-    clean: bool = None  # apply the cleansing rules (default: on, off for Tiny Shakespeare, used as published)
+    clean: bool = None  # cleanse, then drop short and duplicate documents (default on; off for Tiny Shakespeare)
     remove_chars: str = "@~{}[]<>|^_*#`\\"  # characters deleted as markup debris (line breaks and punctuation stay)
     keep_indentation: bool = False  # keep the leading spaces of each line (some poems indent on purpose)
-    min_chars: int = 20  # documents shorter than this after cleansing are dropped
+    min_chars: int = 20  # documents shorter than this after cleansing are dropped (not with --no-clean)
     # tokenize and split
     tokenizer: str = ""  # char | gpt2 | bpe (default: the dataset's, gpt2 for the rest)
     vocab_size: int = 1024  # vocabulary size for --tokenizer bpe
