@@ -45,8 +45,8 @@ class Config:
     min_count: int = 5  # words seen fewer times than this are left out of the vocabulary
     max_vocab: int = 20000  # keep at most this many of the most frequent words
     # co-occurrence matrix and weighting
-    # A wide window with near words weighted more measured best on word relatedness here (WS353 0.43 vs 0.28 with
-    # window 4, 1/d off; benchmarks/RESULTS.md).
+    # A wide window with near words weighted more measured best on word relatedness (WS353 0.43 vs 0.28 with window
+    # 4, 1/d off), on the 1.9 M-word shakespeare,lyrics,poems corpus, not the default input (benchmarks/RESULTS.md).
     window: int = 16  # how many words on each side of a word count as its context
     distance_weighting: bool = True  # count a pair d words apart as 1/d instead of 1 (GloVe does this)
     weighting: str = "ppmi"  # raw | log | rownorm | ppmi: how counts become the matrix that PCA reduces
@@ -256,8 +256,8 @@ def weight_matrix(counts, weighting, alpha=0.75):
     raw: X.  log: log(1 + X), which tames the huge counts of "the" and "and".  rownorm: X / rowsum = P(c | w).
     ppmi: PMI(w, c) = log P(w, c) / (P(w) P_alpha(c)), kept where positive (Church & Hanks 1990; Bullinaria & Levy
     2007). P_alpha(c) = count(c)^alpha / sum_c' count(c')^alpha raises rare contexts' probability a little, so they no
-    longer get inflated PMI: context-distribution smoothing (Levy, Goldberg & Dagan 2015, section 3.1; alpha = 0.75
-    as in word2vec's negative sampling). Unseen pairs would have PMI = -inf; PPMI sets them, and all negatives, to 0.
+    longer get inflated PMI: context-distribution smoothing (Levy, Goldberg & Dagan 2015; alpha = 0.75 as in
+    word2vec's negative sampling). Unseen pairs would have PMI = -inf; PPMI sets them, and all negatives, to 0.
     """
     (rows, cols), values = counts.indices(), counts.values()
     if weighting == "raw":
@@ -317,8 +317,8 @@ def pca(matrix, k, method="auto", n_iter=6, seed=0):
         times = lambda Q: matrix @ Q - mean[None, :] @ Q  # noqa: E731  (X - 1 mean) Q, the mean row broadcast
         times_transposed = lambda Q: transposed @ Q - mean[:, None] * Q.sum(0)  # noqa: E731  (X - 1 mean)^T Q
         generator = torch.Generator(device="cpu").manual_seed(seed)
-        # Oversample: sketch 2k directions for k axes. PPMI's spectrum decays slowly, and with only k + 10 the 100th
-        # singular value came out 8% low and word similarity suffered (benchmarks/bench_embeddings_pca.py).
+        # Oversample: sketch 2k + 10 directions for k axes. PPMI's spectrum decays slowly, and with only k + 10 the
+        # 100th singular value came out 8% low and word similarity suffered (benchmarks/bench_embeddings_pca.py).
         sketch = torch.randn(n_cols, 2 * k + 10, generator=generator, dtype=mean.dtype).to(mean.device)
         Q = torch.linalg.qr(times(sketch)).Q
         for _ in range(n_iter):  # each round sharpens the gap between wanted and unwanted singular values
@@ -532,7 +532,7 @@ def analogy_accuracy(wv, questions, candidates, batch_size=256):
 
     3CosAdd: argmax_d cos(d, b) - cos(d, a) + cos(d, c), i.e. the word nearest to b - a + c (Mikolov et al. 2013).
     3CosMul: argmax_d cos'(d, b) cos'(d, c) / (cos'(d, a) + 0.001) with cos' = (cos + 1) / 2 in [0, 1], which stops
-    one large similarity from dominating the sum (Levy & Goldberg 2014, section 5).
+    one large similarity from dominating the sum (Levy & Goldberg 2014).
     """
     if not questions:
         return float("nan"), float("nan")
@@ -674,7 +674,7 @@ def run(cfg, log=print):
         f"{time.perf_counter() - started:.1f} s")
 
     matrix = weight_matrix(counts, cfg.weighting, cfg.alpha).to(device)
-    result = pca(matrix, max(cfg.dim, 2), cfg.svd, cfg.svd_iters, cfg.seed)
+    result = pca(matrix, cfg.dim, cfg.svd, cfg.svd_iters, cfg.seed)
     ratios = result.explained_variance_ratio.cpu()
     log(f"PCA ({cfg.weighting}): explained variance of the first axes "
         f"{', '.join(f'{r:.3f}' for r in ratios[:5].tolist())}; first 2 {ratios[:2].sum():.3f}, "
