@@ -730,8 +730,9 @@ def run(cfg, log=print):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0],  # python -OO drops docstrings
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     allow_abbrev=False)  # a shortened flag is an error, never a guess
     try:  # each field's comment in the Config source becomes its flag's help text
         source = inspect.getsource(Config)
     except (OSError, TypeError):  # source not available (some notebooks): flags without help text

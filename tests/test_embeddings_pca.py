@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 import torch
 
 import embeddings_pca as ep
+from conftest import ROOT
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Counting
@@ -200,6 +203,20 @@ def test_bad_input_is_named(tmp_path):
         ep.main(["--input", str(tmp_path / "missing.txt")])
     with pytest.raises(SystemExit):  # a typo is an error, not silently ignored
         ep.main(["--windw", "3"])
+
+
+def test_a_shortened_flag_is_an_error_not_a_guess(capsys):
+    """--windo would otherwise be read as --window; here it must stop the run before anything is read."""
+    with pytest.raises(SystemExit) as error:
+        ep.main(["--windo", "3", "--dim", "1"])
+    assert error.value.code == 2 and "unrecognized arguments: --windo 3" in capsys.readouterr().err
+
+
+def test_help_works_without_docstrings():
+    """python -OO strips docstrings; the description of --help comes from the module docstring."""
+    result = subprocess.run([sys.executable, "-OO", "embeddings_pca.py", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and "--window" in result.stdout, result.stderr
 
 
 def fake_gpt_checkpoint(path, tokenizer, encoding=None):
