@@ -115,7 +115,8 @@ def test_exact_pca_matches_numpy_svd_up_to_sign():
 
 def test_randomized_pca_on_sparse_matrix_agrees_with_exact():
     rng = np.random.default_rng(1)
-    # Rank 6 with many zeros: the 4 + 10 random directions capture the whole range, so the answer must be exact.
+    # Rank 6 with many zeros (7 at most after centring): the sketch's 2 * 4 + 10 = 18 random directions capture the
+    # whole range, so the answer must be exact.
     left = rng.random((300, 6)) * (rng.random((300, 6)) < 0.3)
     right = rng.random((6, 250)) * (rng.random((6, 250)) < 0.3)
     low_rank = left @ right
@@ -160,7 +161,7 @@ def test_analogy_solver_finds_planted_analogy():
     questions = [("man", "woman", "king", "queen"), ("king", "queen", "man", "woman"),
                  ("man", "king", "woman", "queen")]
     assert ep.analogy_accuracy(wv, questions, wv.words) == (1.0, 1.0)
-    # If the answer is not among the candidates, the solver cannot return it, nor a, b or c.
+    # A question whose expected answer is not the planted one (queen) is counted wrong by both methods.
     assert ep.analogy_accuracy(wv, [("man", "woman", "king", "w0")], wv.words) == (0.0, 0.0)
     neighbours = [word for word, _ in ep.nearest_neighbours(wv, "man", 3)]
     assert "man" not in neighbours and "woman" in neighbours
