@@ -167,6 +167,23 @@ def test_analogy_solver_finds_planted_analogy():
     assert "man" not in neighbours and "woman" in neighbours
 
 
+def test_3cosadd_and_3cosmul_follow_their_formulas():
+    """a:b :: c:? in 2-D. d1 is close to b and far from a, but almost opposite c: the sum 3CosAdd forgives that, the
+    product 3CosMul does not (its factor (cos(d1, c) + 1) / 2 is 0.03), so the two methods answer differently."""
+    words = ["a", "b", "c", "d1", "d2"]
+    vectors = np.array([[-1, 1], [1, -3], [-1, 3], [0, -1], [1, 1]], dtype=np.float32)
+    wv = ep.WordVectors("hand-made", words, vectors)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    cos_a, cos_b, cos_c = (unit[3:] @ unit[i] for i in range(3))  # for d1 and d2
+    add = cos_b - cos_a + cos_c
+    mul = ((cos_b + 1) / 2) * ((cos_c + 1) / 2) / ((cos_a + 1) / 2 + 0.001)
+    np.testing.assert_allclose(add, [1 / math.sqrt(2), 0.0], atol=1e-6)
+    # by hand: d1 (1 + 3/sqrt(10)) (1 - 3/sqrt(10)) / 4 = 0.025 over (1 - 1/sqrt(2)) / 2 + 0.001; d2 0.2 / (0.5 + 0.001)
+    np.testing.assert_allclose(mul, [0.025 / ((1 - 1 / math.sqrt(2)) / 2 + 0.001), 0.2 / 0.501], rtol=1e-5)
+    assert ep.analogy_accuracy(wv, [("a", "b", "c", "d1")], words) == (1.0, 0.0)  # 3CosAdd picks d1
+    assert ep.analogy_accuracy(wv, [("a", "b", "c", "d2")], words) == (0.0, 1.0)  # 3CosMul picks d2
+
+
 def test_compare_uses_exactly_the_pairs_every_model_covers():
     wv = planted_vectors()
     smaller = ep.WordVectors("smaller", wv.words[:52], wv.vectors[:52])
