@@ -98,7 +98,7 @@ class Config:
     translit: str = ""  # transliterate these space-separated words with --checkpoint and print the top candidates
     heatmaps: int = 4  # words to draw attention heatmaps for
     # system
-    out_dir: str = "out-seq2seq"  # checkpoints, log.jsonl, predictions.tsv and attention.png go here
+    out_dir: str = "out-seq2seq"  # checkpoints, log.jsonl, predictions-dev.tsv and attention-dev.png go here
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, mps
     threads: int = 0  # CPU threads for torch (0 = one per core)
 
@@ -699,7 +699,9 @@ def save_attention_heatmaps(model, words, vocabularies, path, max_length):
 
 
 def evaluate_and_report(model, pairs, vocabularies, config, out_dir, title):
-    """Beam-searches every row, prints the metrics and a few right and wrong examples, writes predictions.tsv."""
+    """Beam-searches every row, prints the metrics and a few right and wrong examples, writes predictions-TITLE.tsv
+    (and attention-TITLE.png), named after what was scored so that evaluating test never overwrites dev's files."""
+    tag = title.removesuffix(".tsv")  # dev, test, train, or the lexicon file's name
     start = time.time()
     candidates = transliterate(model, [source for source, _ in pairs], vocabularies, config.beam_size,
                                config.max_output_length, config.length_penalty)
@@ -715,12 +717,13 @@ def evaluate_and_report(model, pairs, vocabularies, config, out_dir, title):
             print(f"  {mark}: {source} -> {prediction} (reference {reference})")
     lines = ["input\treference\tprediction\tcorrect"]
     lines += [f"{s}\t{r}\t{c[0]}\t{int(c[0] == r)}" for (s, r), c in zip(pairs, candidates)]
-    write_atomically(Path(out_dir) / "predictions.tsv", ("\n".join(lines) + "\n").encode())
+    write_atomically(Path(out_dir) / f"predictions-{tag}.tsv", ("\n".join(lines) + "\n").encode())
     if config.attention == "none" and config.heatmaps > 0:
         print("no attention heatmaps: this model has no attention (--attention none)")
     elif config.heatmaps > 0:
         words = list(dict.fromkeys(s for s, _ in pairs))[:config.heatmaps]
-        save_attention_heatmaps(model, words, vocabularies, Path(out_dir) / "attention.png", config.max_output_length)
+        save_attention_heatmaps(model, words, vocabularies, Path(out_dir) / f"attention-{tag}.png",
+                                config.max_output_length)
     return metrics
 
 

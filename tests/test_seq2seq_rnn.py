@@ -335,7 +335,7 @@ def test_learns_to_reverse_strings(tmp_path):
                         "--hidden_size", "64", "--embedding_size", "16", "--epochs", "6", "--batch_size", "32",
                         "--learning_rate", "0.01", "--dropout", "0", "--label_smoothing", "0", "--beam_size", "3"])
     assert metrics["word_accuracy"] > 0.9
-    assert (tmp_path / "out" / "attention.png").stat().st_size > 0
+    assert (tmp_path / "out" / "attention-dev.png").stat().st_size > 0
 
 
 def test_metrics_match_hand_computed_values():
@@ -385,7 +385,7 @@ def test_resume_reads_the_data_of_the_run_it_continues(tmp_path, monkeypatch, ca
     capsys.readouterr()
     s2s.main(["--out_dir", str(out), "--resume", "--epochs", "2"])
     assert "50 training and 4 dev rows" in capsys.readouterr().out
-    assert len((out / "predictions.tsv").read_text().splitlines()) == 5  # header and the 4 dev rows
+    assert len((out / "predictions-dev.tsv").read_text().splitlines()) == 5  # header and the 4 dev rows
     resumed = torch.load(out / "last.pt", weights_only=True)
     assert resumed["progress"]["epoch"] == 2 and resumed["config"]["max_dev_rows"] == 4
 
@@ -450,10 +450,10 @@ def test_translit_reads_capitals_as_the_lower_case_it_was_trained_on(tmp_path, c
     assert len(lower) == 2
     metrics = s2s.main(["--evaluate", "dev", "--data_dir", str(tmp_path / "data"), "--checkpoint",
                         str(out / "best.pt"), "--out_dir", str(tmp_path / "ev"), "--heatmaps", "0"])
-    assert len((tmp_path / "ev" / "predictions.tsv").read_text().splitlines()) == 11 and "cer" in metrics
+    assert len((tmp_path / "ev" / "predictions-dev.tsv").read_text().splitlines()) == 11 and "cer" in metrics
     s2s.main(["--evaluate", "dev", "--max_dev_rows", "4", "--data_dir", str(tmp_path / "data"), "--checkpoint",
               str(out / "best.pt"), "--out_dir", str(tmp_path / "ev"), "--heatmaps", "0"])
-    assert len((tmp_path / "ev" / "predictions.tsv").read_text().splitlines()) == 5
+    assert len((tmp_path / "ev" / "predictions-dev.tsv").read_text().splitlines()) == 5
 
 
 def test_evaluate_scores_and_writes_what_its_own_command_line_says(tmp_path, monkeypatch, capsys):
@@ -470,7 +470,7 @@ def test_evaluate_scores_and_writes_what_its_own_command_line_says(tmp_path, mon
     capsys.readouterr()
     s2s.main(["--evaluate", "dev", "--checkpoint", str(run / "best.pt"), "--heatmaps", "0"])
     assert "dev (beam 5, 10 rows" in capsys.readouterr().out
-    rows = (tmp_path / "elsewhere" / "out-seq2seq" / "predictions.tsv").read_text().splitlines()
+    rows = (tmp_path / "elsewhere" / "out-seq2seq" / "predictions-dev.tsv").read_text().splitlines()
     assert len(rows) == 11  # header and all 10 dev rows
     assert {path.name: path.read_bytes() for path in run.iterdir()} == trained
 
@@ -562,9 +562,9 @@ def test_smoke_run_on_hindi_slice(data_dir, tmp_path):
     s2s.main(["--data_dir", str(data_dir / "dakshina"), "--max_train_rows", "400", "--max_dev_rows", "30",
               "--epochs", "1", "--hidden_size", "32", "--embedding_size", "16", "--beam_size", "3", "--heatmaps", "2",
               "--out_dir", str(out)])
-    for name in ("best.pt", "last.pt", "log.jsonl", "predictions.tsv", "attention.png"):
+    for name in ("best.pt", "last.pt", "log.jsonl", "predictions-dev.tsv", "attention-dev.png"):
         assert (out / name).stat().st_size > 0, name
-    rows = (out / "predictions.tsv").read_text(encoding="utf-8").splitlines()
+    rows = (out / "predictions-dev.tsv").read_text(encoding="utf-8").splitlines()
     assert rows[0] == "input\treference\tprediction\tcorrect" and len(rows) == 31
     assert rows[1].split("\t")[1] == "अंकन"  # dev rows keep their order: first line is अंकन ankan
     results = s2s.main(["--translit", "namaste duniya", "--checkpoint", str(out / "best.pt"), "--beam_size", "3"])
@@ -576,8 +576,8 @@ def test_smoke_run_on_hindi_slice(data_dir, tmp_path):
                          "--checkpoint", f"{out / 'best.pt'},{tmp_path / 'second' / 'best.pt'}", "--beam_size", "2",
                          "--out_dir", str(tmp_path / "ensemble"), "--heatmaps", "1"])
     assert 0.0 <= ensemble["word_accuracy"] <= ensemble["top_k_accuracy"]
-    assert (tmp_path / "ensemble" / "attention.png").stat().st_size > 0
+    assert (tmp_path / "ensemble" / "attention-hi.translit.sampled.dev.png").stat().st_size > 0
     metrics = s2s.main(["--evaluate", str(data_dir / "dakshina" / "hi" / "hi.translit.sampled.dev.tsv"),
                         "--checkpoint", str(out / "best.pt"), "--beam_size", "1", "--out_dir", str(tmp_path / "ev"),
                         "--heatmaps", "0"])
-    assert 0.0 <= metrics["cer"] and (tmp_path / "ev" / "predictions.tsv").exists()
+    assert 0.0 <= metrics["cer"] and (tmp_path / "ev" / "predictions-hi.translit.sampled.dev.tsv").exists()
