@@ -416,14 +416,15 @@ def evaluate(model, tokens, config, device, autocast, whole_split=True, rank=0, 
     starts = starts[rank::world_size]  # each process takes its share; the sums are added up below
     was_training = model.training
     model.eval()
-    total = torch.zeros(2, device=device, dtype=torch.float64)  # (sum of token losses, number of tokens)
+    total = torch.zeros(2, dtype=torch.float64)  # (sum of token losses, number of tokens); CPU, as MPS has no float64
     for i in range(0, len(starts), config.batch_size):
         batch = np.stack([tokens[s:s + T + 1].astype(np.int64) for s in starts[i:i + config.batch_size]])
         windows = torch.from_numpy(batch).to(device)
         with autocast:
             _, loss, _ = model(windows[:, :-1], windows[:, 1:])
-        total += torch.stack([loss.double() * windows[:, 1:].numel(), torch.tensor(windows[:, 1:].numel())])
-    if world_size > 1:
+        total += torch.tensor([loss.item() * windows[:, 1:].numel(), windows[:, 1:].numel()], dtype=torch.float64)
+    if world_size > 1:  # NCCL adds up GPU tensors only
+        total = total.to(device)
         torch.distributed.all_reduce(total)
     model.train(was_training)
     return (total[0] / total[1]).item()

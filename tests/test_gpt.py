@@ -210,6 +210,21 @@ def read_log(out_dir):
     return [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda", "mps"])
+def test_evaluate_is_the_mean_token_loss_on_every_device(device):
+    if device == "cuda" and not torch.cuda.is_available() or device == "mps" and not torch.backends.mps.is_available():
+        pytest.skip(f"no {device} here")
+    torch.manual_seed(0)
+    model = gpt.GPT(tiny_config()).eval()
+    tokens = np.random.default_rng(0).integers(0, 64, 100).astype(np.uint16)
+    windows = torch.from_numpy(tokens[:16 * 6 + 1].astype(np.int64))  # windows start at 0, 16, ..., 80: six of them
+    x, y = windows[:-1].view(6, 16), windows[1:].view(6, 16)
+    expected = model(x, y)[1].item()
+    config = tiny_config(batch_size=4)  # batches of 4 and 2 windows: the mean weighs every token equally
+    got = gpt.evaluate(model.to(device), tokens, config, torch.device(device), gpt.nullcontext())
+    assert got == pytest.approx(expected, abs=1e-5)
+
+
 def test_smoke_training_writes_checkpoint_log_picture_and_samples(tmp_path, capsys):
     data = write_char_dataset(tmp_path / "data")
     out = tmp_path / "out"
