@@ -678,6 +678,7 @@ def train(config):
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            resume_rng = rng_states(batch_generator)  # the step is done: a Ctrl-C from here on resumes after it
             interval_steps += 1
             progress.update(1)
 

@@ -266,6 +266,25 @@ def test_resume_reproduces_the_next_losses_exactly(tmp_path):
     assert len(straight) == 8 and split == straight  # steps 5-8 after the resume equal the uninterrupted run
 
 
+def test_ctrl_c_during_an_evaluation_resumes_exactly(tmp_path, monkeypatch):
+    data = write_char_dataset(tmp_path / "data")
+    common = ["--data_dir", str(data), *TINY_FLAGS, "--dropout", "0.1", "--max_iters", "8", "--eval_interval", "4",
+              "--log_interval", "1", "--max_new_tokens", "1"]
+    gpt.main([*common, "--out_dir", str(tmp_path / "straight")])
+    evaluate = gpt.evaluate
+
+    def interrupted_once(*args, **kwargs):  # Ctrl-C in the first evaluation, after step 4 has finished
+        monkeypatch.setattr(gpt, "evaluate", evaluate)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpt, "evaluate", interrupted_once)
+    assert gpt.main([*common, "--out_dir", str(tmp_path / "split")])["step"] == 4
+    gpt.main([*common, "--out_dir", str(tmp_path / "split"), "--init_from", "resume"])
+    straight = [r["loss"] for r in read_log(tmp_path / "straight") if "loss" in r]
+    split = [r["loss"] for r in read_log(tmp_path / "split") if "loss" in r]
+    assert len(straight) == 8 and split == straight  # step 5 draws step 5's batches, not step 4's again
+
+
 def test_a_new_run_never_overwrites_a_trained_one_and_resume_reads_the_same_data(tmp_path, capsys):
     data = write_char_dataset(tmp_path / "data")
     other = write_char_dataset(tmp_path / "other", text=TEXT.upper())  # another character vocabulary
