@@ -337,7 +337,7 @@ def sample_next_token(logits, context, temperature, top_k, top_p, repetition_pen
     if top_p < 1.0:  # nucleus sampling (Holtzman et al. 2019): the smallest set with probability >= top_p
         sorted_logits, sorted_ids = torch.sort(logits, descending=True)
         sorted_probs = F.softmax(sorted_logits, dim=-1)
-        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # mass before this token already reaches top_p
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p  # mass before this token already reaches top_p
         sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(1, sorted_ids, sorted_logits)
     probs = F.softmax(logits, dim=-1)

@@ -138,6 +138,15 @@ def test_sampling_filters():
     assert gpt.sample_next_token(logits, context, 0.0, 0, 1.0, 2.0).item() == 1
 
 
+def test_top_p_keeps_the_smallest_set_that_reaches_it():
+    logits = torch.tensor([[0.5, 0.25, 0.25]]).log()
+    context, generator = torch.tensor([[0]]), torch.Generator().manual_seed(0)
+    draws = {gpt.sample_next_token(logits, context, 1.0, 0, 0.5, 1.0, generator).item() for _ in range(200)}
+    assert draws == {0}  # token 0 alone already reaches 0.5: the 0.25s are cut
+    draws = {gpt.sample_next_token(logits, context, 1.0, 0, 0.9, 1.0, generator).item() for _ in range(200)}
+    assert draws == {0, 1, 2}  # 0.5 + 0.25 falls short of 0.9: all three stay
+
+
 def test_bad_shape_is_named():
     with pytest.raises(ValueError, match="divisible by n_head"):
         gpt.GPT(tiny_config(n_embd=30, n_head=4))
