@@ -308,7 +308,7 @@ class GPT(nn.Module):
         past_kv = None
         for _ in range(max_new_tokens):
             if idx.size(1) - window_start > block_size:  # the window is full: slide it and start a fresh cache
-                window_start = idx.size(1) - block_size // 2
+                window_start = idx.size(1) - max(1, block_size // 2)  # at least the newest token stays
                 past_kv = None
             if past_kv is None:
                 logits, _, past_kv = self(idx[:, window_start:])

@@ -125,6 +125,14 @@ def test_cached_generation_equals_uncached_generation(temperature):
     assert torch.equal(outputs[0], outputs[1])
 
 
+@pytest.mark.parametrize("block_size", [1, 3])
+def test_generation_slides_a_window_of_one_or_three_tokens(block_size):
+    model = gpt.GPT(tiny_config(block_size=block_size)).eval()
+    prompt = torch.randint(0, 64, (2, 2))
+    outputs = [model.generate(prompt, 7, temperature=0.0, use_cache=use_cache) for use_cache in (True, False)]
+    assert outputs[0].shape == (2, 9) and torch.equal(outputs[0], outputs[1])
+
+
 def test_sampling_filters():
     logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
     context = torch.tensor([[0]])
