@@ -635,7 +635,9 @@ def train(config):
         print(f"resuming {checkpoint_path} at step {step} on {data_dir}; the model keeps its shape ("
               + ", ".join(f"{field} {getattr(config, field)}" for field in MODEL_SHAPE_FIELDS) + ")")
         if step >= config.max_iters:
-            print(f"already at step {step} of --max_iters {config.max_iters}: raise --max_iters to train further")
+            print(f"already at step {step} of --max_iters {config.max_iters}: raise --max_iters to train further, "
+                  f"with --lr_decay_iters {step} to stay at min_lr (without it the cosine decay stretches to the new "
+                  f"--max_iters and the learning rate rises again)")
     if master:
         print(f"{raw_model.num_parameters() / 1e6:.2f}M parameters | {len(train_tokens):,} train / "
               f"{len(val_tokens):,} val tokens | {tokens_per_step:,} tokens/step | {device.type} {str(dtype)[6:]}"

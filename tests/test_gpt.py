@@ -302,6 +302,17 @@ def test_ctrl_c_during_an_evaluation_resumes_exactly(tmp_path, monkeypatch):
     assert len(straight) == 8 and split == straight  # step 5 draws step 5's batches, not step 4's again
 
 
+def test_resuming_a_finished_run_names_how_to_keep_the_learning_rate_at_min_lr(tmp_path, capsys):
+    data = write_char_dataset(tmp_path / "data")
+    common = ["--data_dir", str(data), "--out_dir", str(tmp_path / "out"), *TINY_FLAGS, "--log_interval", "1",
+              "--min_lr", "1e-4", "--max_new_tokens", "1"]
+    gpt.main([*common, "--max_iters", "4"])
+    gpt.main([*common, "--max_iters", "4", "--init_from", "resume"])
+    assert "raise --max_iters to train further, with --lr_decay_iters 4 to stay at min_lr" in capsys.readouterr().out
+    gpt.main([*common, "--max_iters", "6", "--init_from", "resume", "--lr_decay_iters", "4"])
+    assert [r["lr"] for r in read_log(tmp_path / "out") if "lr" in r][4:] == [1e-4, 1e-4]  # steps 5 and 6
+
+
 def test_a_new_run_never_overwrites_a_trained_one_and_resume_reads_the_same_data(tmp_path, capsys):
     data = write_char_dataset(tmp_path / "data")
     other = write_char_dataset(tmp_path / "other", text=TEXT.upper())  # another character vocabulary
