@@ -702,6 +702,10 @@ def train(config):
                     best_val_loss, evals_without_improvement = val_loss, 0
                 else:
                     evals_without_improvement += 1
+                stop = config.patience > 0 and evals_without_improvement >= config.patience
+                if stop and config.eval_iters > 0 and step != config.max_iters:  # the last evaluation is whole
+                    val_loss = evaluate(eval_model, val_tokens, config, device, autocast, True, rank, world_size)
+                    best_val_loss = min(best_val_loss, val_loss)
                 if master:
                     record = {"step": step, "val_loss": round(val_loss, 5),
                               "val_perplexity": round(math.exp(val_loss), 3),
@@ -712,11 +716,9 @@ def train(config):
                     log_file.flush()
                     save_checkpoint(checkpoint_path, raw_model, optimizer, scaler, config, meta, data_dir, step,
                                     best_val_loss, evals_without_improvement, rng_states(batch_generator))
-                if config.patience and evals_without_improvement >= config.patience:
-                    if master:
-                        progress.write(f"early stop: no better val loss in {config.patience} evaluations "
-                                       f"(best {best_val_loss:.4f})")
-                    stop = True
+                if stop and master:
+                    progress.write(f"early stop: no better val loss in {config.patience} evaluations "
+                                   f"(best {best_val_loss:.4f})")
 
             if master and tokenizer and config.sample_interval and step % config.sample_interval == 0:
                 progress.write(generate_text(raw_model, tokenizer, config, device, autocast, max_new_tokens=200)[0])

@@ -352,8 +352,17 @@ def test_early_stopping_after_patience_evaluations(tmp_path):
     data = write_char_dataset(tmp_path / "data")
     # With a zero learning rate the val loss never improves after the first evaluation.
     result = gpt.main(["--data_dir", str(data), "--out_dir", str(tmp_path / "out"), *TINY_FLAGS, "--learning_rate", "0",
-                       "--min_lr", "0", "--max_iters", "50", "--eval_interval", "2", "--patience", "2"])
+                       "--min_lr", "0", "--max_iters", "50", "--eval_interval", "2", "--patience", "2",
+                       "--eval_iters", "1", "--max_new_tokens", "1"])
     assert result["step"] == 6  # evaluations at 2 (best), 4 and 6 (no better): stop
+    # The evaluations on the way look at eval_iters batches; the last one, at the stop, at the whole split.
+    checkpoint = torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)
+    model = gpt.GPT(gpt.Config(**checkpoint["config"]))
+    model.load_state_dict(checkpoint["model"])
+    val_tokens = np.fromfile(data / "val.bin", dtype=np.uint16)
+    whole = gpt.evaluate(model, val_tokens, model.config, torch.device("cpu"), gpt.nullcontext())
+    val_losses = [r["val_loss"] for r in read_log(tmp_path / "out") if "val_loss" in r]
+    assert val_losses[0] == val_losses[1] != val_losses[2] == pytest.approx(whole, abs=1e-5)
 
 
 def test_two_process_ddp_with_gloo(tmp_path):
