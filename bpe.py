@@ -59,9 +59,12 @@ class Config:
 # GPT-2's pattern from its original encoder.py: contractions, an optional space + letters, an optional space + digits,
 # an optional space + other symbols, then whitespace (a run of spaces keeps its last space for the next word).
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-# GPT-4's pattern (tiktoken's cl100k_base): case-insensitive contractions, at most 3 digits per chunk, newlines apart.
+# GPT-4's pattern, character for character as tiktoken's cl100k_base has it: case-insensitive contractions, at most 3
+# digits per chunk, newlines apart, whitespace at the very end of a text one chunk (\s++$). Possessive quantifiers
+# (++, ?+) never give back what they matched, so the regex cannot backtrack into them.
 GPT4_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|"""
+    r"""\s+(?!\S)|\s"""
 )
 PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "none": None}
 

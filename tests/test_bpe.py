@@ -124,6 +124,14 @@ def test_more_merges_compress_better(shakespeare):
     assert counts == sorted(counts, reverse=True) and counts[-1] < 0.6 * counts[0]
 
 
+def test_gpt4_pattern_is_tiktokens_cl100k_pattern(monkeypatch):
+    openai_public = pytest.importorskip("tiktoken_ext.openai_public")
+    monkeypatch.setattr(openai_public, "load_tiktoken_bpe", lambda *args, **kwargs: {})  # the pattern only, offline
+    assert bpe.GPT4_PATTERN == openai_public.cl100k_base()["pat_str"]
+    # Whitespace at the very end of a text is one chunk, even across a newline.
+    assert Tokenizer({}, bpe.GPT4_PATTERN, {})._split("x\n\t") == ["x", "\n\t"]
+
+
 def test_gpt4_pattern_keeps_digits_in_groups_of_three():
     tokenizer = Tokenizer.train("1234567 " * 20, vocab_size=270, pattern="gpt4", special_tokens=())
     assert all(len(tokenizer.vocab[i].strip()) <= 3 for i in tokenizer.merges.values())
