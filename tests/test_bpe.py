@@ -3,7 +3,6 @@
 import json
 import os
 import random
-import time
 
 import pytest
 
@@ -197,15 +196,24 @@ def test_heap_encoder_equals_the_loop_for_gpt2(gpt2, shakespeare, monkeypatch):
         assert gpt2._encode_chunk(chunk) == loop
 
 
-def test_pattern_none_encodes_a_long_text_in_practical_time(shakespeare):
-    """pattern="none" makes the whole text one chunk. The loop is quadratic (minutes for 200,000 characters on a
-    laptop); the heap encoder takes about a second, so this bound leaves a wide margin for a slow machine."""
+def test_long_chunks_take_the_heap_encoder_and_words_the_loop(shakespeare, monkeypatch):
+    """pattern="none" makes the whole text one chunk: the loop would be quadratic in its length (minutes for 200,000
+    characters), so a chunk longer than LONG_CHUNK bytes must go to the O(n log n) heap encoder."""
     tokenizer = Tokenizer.train(shakespeare[:20_000], 320, pattern="none", special_tokens=())
+    heap_encoder, lengths = Tokenizer._encode_long_chunk, []
+
+    def counted(self, ids):
+        lengths.append(len(ids))
+        return heap_encoder(self, ids)
+
+    monkeypatch.setattr(Tokenizer, "_encode_long_chunk", counted)
     text = shakespeare[:200_000]
-    start = time.perf_counter()
     ids = tokenizer.encode(text)
-    assert time.perf_counter() - start < 30
+    assert lengths == [len(text.encode("utf-8"))]  # the one chunk, once
     assert tokenizer.decode(ids) == text and len(ids) < 0.7 * len(text)
+    words = Tokenizer.train(shakespeare[:20_000], 300, pattern="gpt2", special_tokens=())
+    words.encode(shakespeare[:5_000])
+    assert lengths == [len(text.encode("utf-8"))]  # short chunks (words) stay in the loop
 
 
 def test_explain_shows_the_merges_of_one_word(gpt2):
