@@ -726,6 +726,8 @@ def run(config, words):
         except ValueError:
             raise ValueError("decode takes token ids as integers, e.g. `python bpe.py decode --model M 464 3290`") \
                 from None
+        if not ids:
+            raise ValueError("decode needs some token ids: `python bpe.py decode --model M 464 3290`")
         print(tokenizer.decode(ids))
         return ids
     text = " ".join(words) if words else (_read_text(config.input) if config.input else "")

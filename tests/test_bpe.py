@@ -434,6 +434,7 @@ def test_cli_train_encode_decode_show(shakespeare, tmp_path, capsys):
     [
         (["decode", "--model", "{model}", "5", "400"], "cannot decode token id 400"),
         (["decode", "--model", "{model}", "five"], "decode takes token ids as integers"),
+        (["decode", "--model", "{model}"], "decode needs some token ids"),
         (["show", "--model", "{missing}", "hi"], "no model file"),
         (["train", "--input", "{missing}"], "does not exist"),
         (["train", "--input", "{model}", "--vocab_size", "100"], "vocab_size=100 is too small"),
