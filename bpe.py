@@ -362,7 +362,8 @@ class Tokenizer:
         return list(chain.from_iterable(map(cache.__getitem__, chunks)))
 
     def encode(self, text, allowed_special="none_raise"):
-        """Encode text. allowed_special says which special tokens may appear as themselves, as in tiktoken:
+        """Encode text. allowed_special says which special tokens may appear as themselves, with minbpe's options ("all"
+        and a set as in tiktoken; the two "none" spellings stand in for tiktoken's disallowed_special):
 
         "none_raise" (default): none, and special-token text in `text` raises ValueError (a guard against prompt
         injection: user text must not produce <|endoftext|> by accident); "none": none, their text is encoded as
@@ -632,8 +633,6 @@ def data_file(name, cache_dir="data"):
     # A cached copy is checked on every use: a download cut short or a file edited by hand is fetched again.
     if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == sha256:
         return target
-    from tqdm import tqdm
-
     data = bytearray()
     try:
         with urllib.request.urlopen(url, timeout=30) as response:
