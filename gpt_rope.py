@@ -3,8 +3,8 @@
 The model is GPT-2's architecture with GPT-2's parameter names (Radford et al. 2019, "Language Models are Unsupervised
 Multitask Learners"; the transformer of Vaswani et al. 2017, "Attention Is All You Need"): token and position
 embeddings, causal multi-head self-attention, an MLP, pre-LayerNorm residual blocks and a tied output layer. The same
-file trains it on the token files that prepare_data.py writes (one CPU core or many GPUs through torchrun) and samples
-text from the result with a KV cache.
+file trains it on the token files that prepare_data.py writes (on the CPU, or on many GPUs through torchrun) and
+samples text from the result with a KV cache.
 
 What differs from gpt.py (`diff -u gpt.py gpt_rope.py` shows every line; Su et al. 2021, "RoFormer", sec. 3.2):
 there is no position table (wpe). Instead each attention layer rotates every query and key by angles proportional
@@ -17,6 +17,8 @@ Run:
     python gpt_rope.py --preset shakespeare --max_iters 5000 --out_dir out-big   # GPU: the 10.7M-parameter model
     torchrun --standalone --nproc_per_node=8 gpt_rope.py --preset gpt2 --dataset shakespeare --out_dir out-gpt2  # DDP
     Colab: upload gpt_rope.py and prepare_data.py, then  !python prepare_data.py shakespeare_char && python gpt_rope.py
+
+A --preset sets the model's shape only: the training flags keep their defaults unless you set them.
 """
 
 import argparse
@@ -46,7 +48,7 @@ class Config:
     data_dir: str = ""  # read train.bin, val.bin and meta.json from here instead of data/<dataset>
     out_dir: str = "out-gpt-rope"  # checkpoint (ckpt.pt), log.jsonl and loss.png go here
     # --- model
-    preset: str = ""  # a named model size from PRESETS (cpu, shakespeare, gpt2, gpt-small); explicit flags win
+    preset: str = ""  # a model shape from PRESETS (cpu, shakespeare, gpt2, gpt-small); explicit flags win
     n_layer: int = 1  # number of transformer blocks (1 learns fastest in a one-minute CPU run; see README)
     n_head: int = 4  # attention heads per block; must divide n_embd
     n_embd: int = 128  # width of the residual stream (embedding size)
@@ -62,10 +64,10 @@ class Config:
     init_from: str = "scratch"  # scratch (new model) or resume (continue from out_dir/ckpt.pt exactly)
     max_iters: int = 2500  # optimizer steps in total
     batch_size: int = 8  # sequences per micro-batch per process (small batches learn more per token here)
-    grad_accum_steps: int = 1  # micro-batches summed into one optimizer step (a bigger batch in the same memory)
+    grad_accum_steps: int = 1  # micro-batches averaged into one optimizer step (a bigger batch in the same memory)
     learning_rate: float = 5e-3  # peak learning rate, reached after warmup (a tiny model tolerates a high one)
     min_lr: float = 5e-4  # learning rate at the end of the cosine decay
-    warmup_iters: int = 50  # steps of linear warmup from 0 to learning_rate
+    warmup_iters: int = 50  # steps of linear warmup: the n-th step uses learning_rate * n / warmup_iters
     lr_decay_iters: int = 0  # steps of cosine decay; 0 means max_iters
     weight_decay: float = 0.1  # AdamW decoupled weight decay, applied to matrices only
     beta1: float = 0.9  # AdamW beta1
@@ -80,7 +82,7 @@ class Config:
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps
     dtype: str = "auto"  # float32, bfloat16 or float16 autocast; auto picks what is fastest on the device
     compile: bool = None  # torch.compile the model; by default on for CUDA, off on CPU (it did not help there)
-    # --- sampling (python gpt_rope.py --sample)
+    # --- sampling (--sample)
     sample: bool = False  # generate text from out_dir/ckpt.pt instead of training
     start: str = "\n"  # prompt text, or FILE:path to read the prompt from a file
     num_samples: int = 1  # how many samples to generate
@@ -91,8 +93,10 @@ class Config:
     repetition_penalty: float = 1.0  # >1 makes tokens already in the context less likely (Keskar et al. 2019)
 
 
-# Model sizes. "cpu" is nanoGPT's 0.8M-parameter laptop model, "shakespeare" its 10.7M character model, "gpt2" is
+# Model shapes. "cpu" is nanoGPT's 0.8M-parameter laptop model, "shakespeare" its 6-block character model, "gpt2" is
 # GPT-2 small (124M with the 50257-token vocabulary) and "gpt-small" a deeper ~150M variant of it (16 blocks).
+# A preset sets only these fields: the training flags (learning rate, batch size, steps) keep their defaults unless
+# you set them.
 PRESETS = {
     "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
     "shakespeare": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2),
@@ -100,7 +104,7 @@ PRESETS = {
     "gpt-small": dict(n_layer=16, n_head=12, n_embd=768, block_size=1024),
 }
 
-# Fields that fix the shape of the weights: a resumed or sampled checkpoint always uses its own values.
+# Fields that define the model: a resumed or sampled checkpoint always uses its own values.
 MODEL_SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "rope_theta", "activation",
                       "layer_norm_epsilon")
 CHECKPOINT_FORMAT = "nanoverse-gpt-rope-v1"
@@ -412,7 +416,7 @@ def get_batch(tokens, batch_size, block_size, generator, device):
 
 @torch.no_grad()
 def evaluate(model, tokens, config, device, autocast, whole_split=True, rank=0, world_size=1):
-    """Mean loss over the validation split: every token once, in consecutive block_size windows.
+    """Mean loss over the validation split in consecutive block_size windows (a tail too short for one is skipped).
 
     Each window predicts all its positions, so positions see 0 .. block_size - 1 tokens of context, the same mix as
     a training batch. For a quick look during training (whole_split=False, eval_iters > 0) a fixed random sample of
@@ -831,7 +835,7 @@ def load_tokenizer(meta, data_dir):
         try:
             from bpe import Tokenizer
         except ImportError:
-            raise SystemExit("this dataset uses a bpe.py tokenizer: put bpe.py beside gpt_rope.py")
+            raise SystemExit("this dataset uses a bpe.py tokenizer: put bpe.py beside this script")
         model_path = Path(data_dir) / meta.get("bpe_model", "bpe.model")
         if not model_path.is_file():
             raise SystemExit(f"the BPE model {model_path} is missing: run prepare_data.py again for this dataset")
