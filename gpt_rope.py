@@ -1,21 +1,20 @@
 """gpt.py with rotary position embeddings (RoPE) in place of its learned position table.
 
 The model is GPT-2's architecture with GPT-2's parameter names (Radford et al. 2019, "Language Models are Unsupervised
-Multitask Learners"; the transformer of Vaswani et al. 2017, "Attention Is All You Need"): token and position
+Multitask Learners"; the transformer of Vaswani et al. 2017, "Attention Is All You Need"): token
 embeddings, causal multi-head self-attention, an MLP, pre-LayerNorm residual blocks and a tied output layer. The same
 file trains it on the token files that prepare_data.py writes (on the CPU, or on many GPUs through torchrun) and
 samples text from the result with a KV cache.
 
-What differs from gpt.py (`diff -u gpt.py gpt_rope.py` shows every line; Su et al. 2021, "RoFormer", sec. 3.2):
-there is no position table (wpe). Instead each attention layer rotates every query and key by angles proportional
-to its position (rotary_tables, rotate_half, and the attention), so the score of query m and key n depends on m - n.
---rope_theta sets the base of the angles; checkpoints go to out-gpt-rope/ and do not load into gpt.py.
+What differs from gpt.py (`diff -u gpt.py gpt_rope.py`; Su et al. 2021, "RoFormer", sec. 3.2): no position table
+(wpe); each attention layer turns every query and key by angles proportional to its position (rotary_tables,
+rotate_half), so the score of query m and key n depends only on m - n; --rope_theta sets the base of the angles.
 
 Run:
-    python prepare_data.py shakespeare_char && python gpt_rope.py     # CPU: 2500 steps, val loss ~1.79, < 1 min
+    python prepare_data.py shakespeare_char && python gpt_rope.py     # CPU: 2500 steps, val loss 1.786, ~1 min
     python gpt_rope.py --sample --start "ROMEO:" --num_samples 3        # sample from out-gpt-rope/ckpt.pt
-    python gpt_rope.py --preset shakespeare --max_iters 5000 --out_dir out-big   # GPU: the 10.7M-parameter model
-    torchrun --standalone --nproc_per_node=8 gpt_rope.py --preset gpt2 --dataset shakespeare --out_dir out-gpt2  # DDP
+    python gpt_rope.py --preset shakespeare --max_iters 5000 --out_dir out-big-rope   # GPU: the 10.7M-parameter model
+    torchrun --standalone --nproc_per_node=8 gpt_rope.py --preset gpt2 --dataset shakespeare --out_dir out-gpt2-rope
     Colab: upload gpt_rope.py and prepare_data.py, then  !python prepare_data.py shakespeare_char && python gpt_rope.py
 
 A --preset sets the model's shape only: the training flags keep their defaults unless you set them.
@@ -111,8 +110,8 @@ CHECKPOINT_FORMAT = "nanoverse-gpt-rope-v1"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The model, smallest piece first. Parameter names follow GPT-2's own checkpoint (wte, wpe, h.N.ln_1, attn.c_attn,
-# attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj, ln_f), so loading real GPT-2 weights is a key-by-key copy.
+# The model, smallest piece first. Parameter names follow GPT-2's own checkpoint (wte, h.N.ln_1, attn.c_attn,
+# attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj, ln_f); GPT-2's own weights do not fit, as they need its position table.
 
 
 def rotary_tables(block_size, head_size, theta):
@@ -303,8 +302,8 @@ class GPT(nn.Module):
         """Append max_new_tokens tokens to idx (B, T), one at a time, each sampled from the model's prediction.
 
         With the KV cache each new token runs through the network alone (one position, not the whole context).
-        When the window reaches block_size, it slides forward by half a window and the cache is rebuilt once: cached
-        keys carry the rotations of their old positions. use_cache=False computes the same thing the slow
+        When the window is full it slides forward by half and the cache is rebuilt once: only offsets matter to RoPE,
+        but its tables end at block_size, so positions restart at 0. use_cache=False computes the same thing the slow
         way, the whole window every step, which the tests use to check the cache.
         """
         block_size = self.config.block_size
