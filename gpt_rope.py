@@ -501,6 +501,11 @@ def pick_dtype(name, device):
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
 
 
+def peak_flops_of(gpu_name):
+    """The PEAK_FLOPS entry named as a whole word in the GPU's name ("NVIDIA L4", not "NVIDIA L40S"); None if none."""
+    return next((flops for name, flops in PEAK_FLOPS.items() if re.search(rf"\b{name}\b", gpu_name)), None)
+
+
 def flops_per_token(model, config):
     """Training FLOPs per token: 6 per weight (forward 2, backward 4) plus attention's scores and sums."""
     weights = model.num_parameters()
@@ -641,8 +646,7 @@ def train(config):
         except SystemExit as error:  # samples are a bonus; training goes on without them
             print(f"no samples during training: {error}")
     tokens_per_step = config.batch_size * config.block_size * config.grad_accum_steps * world_size
-    peak_flops = next((f for name, f in PEAK_FLOPS.items() if name in torch.cuda.get_device_name(device)), None) \
-        if device.type == "cuda" else None
+    peak_flops = peak_flops_of(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     if master and checkpoint is not None:
         print(f"resuming {checkpoint_path} at step {step} on {data_dir}; the model keeps its shape ("
               + ", ".join(f"{field} {getattr(config, field)}" for field in MODEL_SHAPE_FIELDS) + ")")

@@ -155,6 +155,12 @@ def test_top_p_keeps_the_smallest_set_that_reaches_it():
     assert draws == {0, 1, 2}  # 0.5 + 0.25 falls short of 0.9: all three stay
 
 
+def test_peak_flops_match_the_gpu_name_as_a_whole_word():
+    assert gpt.peak_flops_of("NVIDIA L4") == gpt.PEAK_FLOPS["L4"]
+    assert gpt.peak_flops_of("NVIDIA A100-SXM4-80GB") == gpt.PEAK_FLOPS["A100"]
+    assert gpt.peak_flops_of("NVIDIA L40S") is None  # another GPU, not an L4: no MFU rather than a wrong one
+
+
 def test_bad_shape_is_named():
     with pytest.raises(ValueError, match="divisible by n_head"):
         gpt.GPT(tiny_config(n_embd=30, n_head=4))
