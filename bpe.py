@@ -59,9 +59,12 @@ class Config:
 # GPT-2's pattern from its original encoder.py: contractions, an optional space + letters, an optional space + digits,
 # an optional space + other symbols, then whitespace (a run of spaces keeps its last space for the next word).
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-# GPT-4's pattern (tiktoken's cl100k_base): case-insensitive contractions, at most 3 digits per chunk, newlines apart.
+# GPT-4's pattern, character for character as tiktoken's cl100k_base has it: case-insensitive contractions, at most 3
+# digits per chunk, newlines apart, whitespace at the very end of a text one chunk (\s++$). Possessive quantifiers
+# (++, ?+) never give back what they matched, so the regex cannot backtrack into them.
 GPT4_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|"""
+    r"""\s+(?!\S)|\s"""
 )
 PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "none": None}
 
@@ -359,7 +362,8 @@ class Tokenizer:
         return list(chain.from_iterable(map(cache.__getitem__, chunks)))
 
     def encode(self, text, allowed_special="none_raise"):
-        """Encode text. allowed_special says which special tokens may appear as themselves, as in tiktoken:
+        """Encode text. allowed_special says which special tokens may appear as themselves, with minbpe's options ("all"
+        and a set as in tiktoken; the two "none" spellings stand in for tiktoken's disallowed_special):
 
         "none_raise" (default): none, and special-token text in `text` raises ValueError (a guard against prompt
         injection: user text must not produce <|endoftext|> by accident); "none": none, their text is encoded as
@@ -629,8 +633,6 @@ def data_file(name, cache_dir="data"):
     # A cached copy is checked on every use: a download cut short or a file edited by hand is fetched again.
     if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == sha256:
         return target
-    from tqdm import tqdm
-
     data = bytearray()
     try:
         with urllib.request.urlopen(url, timeout=30) as response:
@@ -723,6 +725,8 @@ def run(config, words):
         except ValueError:
             raise ValueError("decode takes token ids as integers, e.g. `python bpe.py decode --model M 464 3290`") \
                 from None
+        if not ids:
+            raise ValueError("decode needs some token ids: `python bpe.py decode --model M 464 3290`")
         print(tokenizer.decode(ids))
         return ids
     text = " ".join(words) if words else (_read_text(config.input) if config.input else "")

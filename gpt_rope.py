@@ -1,22 +1,23 @@
 """gpt.py with rotary position embeddings (RoPE) in place of its learned position table.
 
 The model is GPT-2's architecture with GPT-2's parameter names (Radford et al. 2019, "Language Models are Unsupervised
-Multitask Learners"; the transformer of Vaswani et al. 2017, "Attention Is All You Need"): token and position
+Multitask Learners"; the transformer of Vaswani et al. 2017, "Attention Is All You Need"): token
 embeddings, causal multi-head self-attention, an MLP, pre-LayerNorm residual blocks and a tied output layer. The same
-file trains it on the token files that prepare_data.py writes (one CPU core or many GPUs through torchrun) and samples
-text from the result with a KV cache.
+file trains it on the token files that prepare_data.py writes (on the CPU, or on many GPUs through torchrun) and
+samples text from the result with a KV cache.
 
-What differs from gpt.py (`diff -u gpt.py gpt_rope.py` shows every line; Su et al. 2021, "RoFormer", sec. 3.2):
-there is no position table (wpe). Instead each attention layer rotates every query and key by angles proportional
-to its position (rotary_tables, rotate_half, and the attention), so the score of query m and key n depends on m - n.
---rope_theta sets the base of the angles; checkpoints go to out-gpt-rope/ and do not load into gpt.py.
+What differs from gpt.py (`diff -u gpt.py gpt_rope.py`; Su et al. 2021, "RoFormer", sec. 3.2): no position table
+(wpe); each attention layer turns every query and key by angles proportional to its position (rotary_tables,
+rotate_half), so the score of query m and key n depends only on m - n; --rope_theta sets the base of the angles.
 
 Run:
-    python prepare_data.py shakespeare_char && python gpt_rope.py     # CPU: 2500 steps, val loss ~1.79, < 1 min
+    python prepare_data.py shakespeare_char && python gpt_rope.py     # CPU: 2500 steps, val loss 1.786, ~1 min
     python gpt_rope.py --sample --start "ROMEO:" --num_samples 3        # sample from out-gpt-rope/ckpt.pt
-    python gpt_rope.py --preset shakespeare --max_iters 5000 --out_dir out-big   # GPU: the 10.7M-parameter model
-    torchrun --standalone --nproc_per_node=8 gpt_rope.py --preset gpt2 --dataset shakespeare --out_dir out-gpt2  # DDP
+    python gpt_rope.py --preset shakespeare --max_iters 5000 --out_dir out-big-rope   # GPU: the 10.7M-parameter model
+    torchrun --standalone --nproc_per_node=8 gpt_rope.py --preset gpt2 --dataset shakespeare --out_dir out-gpt2-rope
     Colab: upload gpt_rope.py and prepare_data.py, then  !python prepare_data.py shakespeare_char && python gpt_rope.py
+
+A --preset sets the model's shape only: the training flags keep their defaults unless you set them.
 """
 
 import argparse
@@ -46,7 +47,7 @@ class Config:
     data_dir: str = ""  # read train.bin, val.bin and meta.json from here instead of data/<dataset>
     out_dir: str = "out-gpt-rope"  # checkpoint (ckpt.pt), log.jsonl and loss.png go here
     # --- model
-    preset: str = ""  # a named model size from PRESETS (cpu, shakespeare, gpt2, gpt-small); explicit flags win
+    preset: str = ""  # a model shape from PRESETS (cpu, shakespeare, gpt2, gpt-small); explicit flags win
     n_layer: int = 1  # number of transformer blocks (1 learns fastest in a one-minute CPU run; see README)
     n_head: int = 4  # attention heads per block; must divide n_embd
     n_embd: int = 128  # width of the residual stream (embedding size)
@@ -62,10 +63,10 @@ class Config:
     init_from: str = "scratch"  # scratch (new model) or resume (continue from out_dir/ckpt.pt exactly)
     max_iters: int = 2500  # optimizer steps in total
     batch_size: int = 8  # sequences per micro-batch per process (small batches learn more per token here)
-    grad_accum_steps: int = 1  # micro-batches summed into one optimizer step (a bigger batch in the same memory)
+    grad_accum_steps: int = 1  # micro-batches averaged into one optimizer step (a bigger batch in the same memory)
     learning_rate: float = 5e-3  # peak learning rate, reached after warmup (a tiny model tolerates a high one)
     min_lr: float = 5e-4  # learning rate at the end of the cosine decay
-    warmup_iters: int = 50  # steps of linear warmup from 0 to learning_rate
+    warmup_iters: int = 50  # steps of linear warmup: the n-th step uses learning_rate * n / warmup_iters
     lr_decay_iters: int = 0  # steps of cosine decay; 0 means max_iters
     weight_decay: float = 0.1  # AdamW decoupled weight decay, applied to matrices only
     beta1: float = 0.9  # AdamW beta1
@@ -80,7 +81,7 @@ class Config:
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps
     dtype: str = "auto"  # float32, bfloat16 or float16 autocast; auto picks what is fastest on the device
     compile: bool = None  # torch.compile the model; by default on for CUDA, off on CPU (it did not help there)
-    # --- sampling (python gpt_rope.py --sample)
+    # --- sampling (--sample)
     sample: bool = False  # generate text from out_dir/ckpt.pt instead of training
     start: str = "\n"  # prompt text, or FILE:path to read the prompt from a file
     num_samples: int = 1  # how many samples to generate
@@ -91,8 +92,10 @@ class Config:
     repetition_penalty: float = 1.0  # >1 makes tokens already in the context less likely (Keskar et al. 2019)
 
 
-# Model sizes. "cpu" is nanoGPT's 0.8M-parameter laptop model, "shakespeare" its 10.7M character model, "gpt2" is
+# Model shapes. "cpu" is nanoGPT's 0.8M-parameter laptop model, "shakespeare" its 6-block character model, "gpt2" is
 # GPT-2 small (124M with the 50257-token vocabulary) and "gpt-small" a deeper ~150M variant of it (16 blocks).
+# A preset sets only these fields: the training flags (learning rate, batch size, steps) keep their defaults unless
+# you set them.
 PRESETS = {
     "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
     "shakespeare": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2),
@@ -100,15 +103,15 @@ PRESETS = {
     "gpt-small": dict(n_layer=16, n_head=12, n_embd=768, block_size=1024),
 }
 
-# Fields that fix the shape of the weights: a resumed or sampled checkpoint always uses its own values.
+# Fields that define the model: a resumed or sampled checkpoint always uses its own values.
 MODEL_SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "rope_theta", "activation",
                       "layer_norm_epsilon")
 CHECKPOINT_FORMAT = "nanoverse-gpt-rope-v1"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The model, smallest piece first. Parameter names follow GPT-2's own checkpoint (wte, wpe, h.N.ln_1, attn.c_attn,
-# attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj, ln_f), so loading real GPT-2 weights is a key-by-key copy.
+# The model, smallest piece first. Parameter names follow GPT-2's own checkpoint (wte, h.N.ln_1, attn.c_attn,
+# attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj, ln_f); GPT-2's own weights do not fit, as they need its position table.
 
 
 def rotary_tables(block_size, head_size, theta):
@@ -299,8 +302,8 @@ class GPT(nn.Module):
         """Append max_new_tokens tokens to idx (B, T), one at a time, each sampled from the model's prediction.
 
         With the KV cache each new token runs through the network alone (one position, not the whole context).
-        When the window reaches block_size, it slides forward by half a window and the cache is rebuilt once: cached
-        keys carry the rotations of their old positions. use_cache=False computes the same thing the slow
+        When the window is full it slides forward by half and the cache is rebuilt once: only offsets matter to RoPE,
+        but its tables end at block_size, so positions restart at 0. use_cache=False computes the same thing the slow
         way, the whole window every step, which the tests use to check the cache.
         """
         block_size = self.config.block_size
@@ -308,7 +311,7 @@ class GPT(nn.Module):
         past_kv = None
         for _ in range(max_new_tokens):
             if idx.size(1) - window_start > block_size:  # the window is full: slide it and start a fresh cache
-                window_start = idx.size(1) - block_size // 2
+                window_start = idx.size(1) - max(1, block_size // 2)  # at least the newest token stays
                 past_kv = None
             if past_kv is None:
                 logits, _, past_kv = self(idx[:, window_start:])
@@ -337,7 +340,7 @@ def sample_next_token(logits, context, temperature, top_k, top_p, repetition_pen
     if top_p < 1.0:  # nucleus sampling (Holtzman et al. 2019): the smallest set with probability >= top_p
         sorted_logits, sorted_ids = torch.sort(logits, descending=True)
         sorted_probs = F.softmax(sorted_logits, dim=-1)
-        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # mass before this token already reaches top_p
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p  # mass before this token already reaches top_p
         sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(1, sorted_ids, sorted_logits)
     probs = F.softmax(logits, dim=-1)
@@ -412,7 +415,7 @@ def get_batch(tokens, batch_size, block_size, generator, device):
 
 @torch.no_grad()
 def evaluate(model, tokens, config, device, autocast, whole_split=True, rank=0, world_size=1):
-    """Mean loss over the validation split: every token once, in consecutive block_size windows.
+    """Mean loss over the validation split in consecutive block_size windows (a tail too short for one is skipped).
 
     Each window predicts all its positions, so positions see 0 .. block_size - 1 tokens of context, the same mix as
     a training batch. For a quick look during training (whole_split=False, eval_iters > 0) a fixed random sample of
@@ -425,14 +428,15 @@ def evaluate(model, tokens, config, device, autocast, whole_split=True, rank=0, 
     starts = starts[rank::world_size]  # each process takes its share; the sums are added up below
     was_training = model.training
     model.eval()
-    total = torch.zeros(2, device=device, dtype=torch.float64)  # (sum of token losses, number of tokens)
+    total = torch.zeros(2, dtype=torch.float64)  # (sum of token losses, number of tokens); CPU, as MPS has no float64
     for i in range(0, len(starts), config.batch_size):
         batch = np.stack([tokens[s:s + T + 1].astype(np.int64) for s in starts[i:i + config.batch_size]])
         windows = torch.from_numpy(batch).to(device)
         with autocast:
             _, loss, _ = model(windows[:, :-1], windows[:, 1:])
-        total += torch.stack([loss.double() * windows[:, 1:].numel(), torch.tensor(windows[:, 1:].numel())])
-    if world_size > 1:
+        total += torch.tensor([loss.item() * windows[:, 1:].numel(), windows[:, 1:].numel()], dtype=torch.float64)
+    if world_size > 1:  # NCCL adds up GPU tensors only
+        total = total.to(device)
         torch.distributed.all_reduce(total)
     model.train(was_training)
     return (total[0] / total[1]).item()
@@ -495,6 +499,11 @@ def pick_dtype(name, device):
 
 # Peak dense bf16 tensor-core FLOP/s, to report model FLOPs utilisation (MFU; Chowdhery et al. 2022, appendix B).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
+
+
+def peak_flops_of(gpu_name):
+    """The PEAK_FLOPS entry named as a whole word in the GPU's name ("NVIDIA L4", not "NVIDIA L40S"); None if none."""
+    return next((flops for name, flops in PEAK_FLOPS.items() if re.search(rf"\b{name}\b", gpu_name)), None)
 
 
 def flops_per_token(model, config):
@@ -637,13 +646,14 @@ def train(config):
         except SystemExit as error:  # samples are a bonus; training goes on without them
             print(f"no samples during training: {error}")
     tokens_per_step = config.batch_size * config.block_size * config.grad_accum_steps * world_size
-    peak_flops = next((f for name, f in PEAK_FLOPS.items() if name in torch.cuda.get_device_name(device)), None) \
-        if device.type == "cuda" else None
+    peak_flops = peak_flops_of(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     if master and checkpoint is not None:
         print(f"resuming {checkpoint_path} at step {step} on {data_dir}; the model keeps its shape ("
               + ", ".join(f"{field} {getattr(config, field)}" for field in MODEL_SHAPE_FIELDS) + ")")
         if step >= config.max_iters:
-            print(f"already at step {step} of --max_iters {config.max_iters}: raise --max_iters to train further")
+            print(f"already at step {step} of --max_iters {config.max_iters}: raise --max_iters to train further, "
+                  f"with --lr_decay_iters {step} to stay at min_lr (without it the cosine decay stretches to the new "
+                  f"--max_iters and the learning rate rises again)")
     if master:
         print(f"{raw_model.num_parameters() / 1e6:.2f}M parameters | {len(train_tokens):,} train / "
               f"{len(val_tokens):,} val tokens | {tokens_per_step:,} tokens/step | {device.type} {str(dtype)[6:]}"
@@ -677,6 +687,7 @@ def train(config):
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            resume_rng = rng_states(batch_generator)  # the step is done: a Ctrl-C from here on resumes after it
             interval_steps += 1
             progress.update(1)
 
@@ -707,6 +718,10 @@ def train(config):
                     best_val_loss, evals_without_improvement = val_loss, 0
                 else:
                     evals_without_improvement += 1
+                stop = config.patience > 0 and evals_without_improvement >= config.patience
+                if stop and config.eval_iters > 0 and step != config.max_iters:  # the last evaluation is whole
+                    val_loss = evaluate(eval_model, val_tokens, config, device, autocast, True, rank, world_size)
+                    best_val_loss = min(best_val_loss, val_loss)
                 if master:
                     record = {"step": step, "val_loss": round(val_loss, 5),
                               "val_perplexity": round(math.exp(val_loss), 3),
@@ -717,11 +732,9 @@ def train(config):
                     log_file.flush()
                     save_checkpoint(checkpoint_path, raw_model, optimizer, scaler, config, meta, data_dir, step,
                                     best_val_loss, evals_without_improvement, rng_states(batch_generator))
-                if config.patience and evals_without_improvement >= config.patience:
-                    if master:
-                        progress.write(f"early stop: no better val loss in {config.patience} evaluations "
-                                       f"(best {best_val_loss:.4f})")
-                    stop = True
+                if stop and master:
+                    progress.write(f"early stop: no better val loss in {config.patience} evaluations "
+                                   f"(best {best_val_loss:.4f})")
 
             if master and tokenizer and config.sample_interval and step % config.sample_interval == 0:
                 progress.write(generate_text(raw_model, tokenizer, config, device, autocast, max_new_tokens=200)[0])
@@ -825,7 +838,7 @@ def load_tokenizer(meta, data_dir):
         try:
             from bpe import Tokenizer
         except ImportError:
-            raise SystemExit("this dataset uses a bpe.py tokenizer: put bpe.py beside gpt_rope.py")
+            raise SystemExit("this dataset uses a bpe.py tokenizer: put bpe.py beside this script")
         model_path = Path(data_dir) / meta.get("bpe_model", "bpe.model")
         if not model_path.is_file():
             raise SystemExit(f"the BPE model {model_path} is missing: run prepare_data.py again for this dataset")

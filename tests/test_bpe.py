@@ -3,7 +3,6 @@
 import json
 import os
 import random
-import time
 
 import pytest
 
@@ -124,6 +123,14 @@ def test_more_merges_compress_better(shakespeare):
     assert counts == sorted(counts, reverse=True) and counts[-1] < 0.6 * counts[0]
 
 
+def test_gpt4_pattern_is_tiktokens_cl100k_pattern(monkeypatch):
+    openai_public = pytest.importorskip("tiktoken_ext.openai_public")
+    monkeypatch.setattr(openai_public, "load_tiktoken_bpe", lambda *args, **kwargs: {})  # the pattern only, offline
+    assert bpe.GPT4_PATTERN == openai_public.cl100k_base()["pat_str"]
+    # Whitespace at the very end of a text is one chunk, even across a newline.
+    assert Tokenizer({}, bpe.GPT4_PATTERN, {})._split("x\n\t") == ["x", "\n\t"]
+
+
 def test_gpt4_pattern_keeps_digits_in_groups_of_three():
     tokenizer = Tokenizer.train("1234567 " * 20, vocab_size=270, pattern="gpt4", special_tokens=())
     assert all(len(tokenizer.vocab[i].strip()) <= 3 for i in tokenizer.merges.values())
@@ -189,15 +196,24 @@ def test_heap_encoder_equals_the_loop_for_gpt2(gpt2, shakespeare, monkeypatch):
         assert gpt2._encode_chunk(chunk) == loop
 
 
-def test_pattern_none_encodes_a_long_text_in_practical_time(shakespeare):
-    """pattern="none" makes the whole text one chunk. The loop is quadratic (minutes for 200,000 characters on a
-    laptop); the heap encoder takes about a second, so this bound leaves a wide margin for a slow machine."""
+def test_long_chunks_take_the_heap_encoder_and_words_the_loop(shakespeare, monkeypatch):
+    """pattern="none" makes the whole text one chunk: the loop would be quadratic in its length (minutes for 200,000
+    characters), so a chunk longer than LONG_CHUNK bytes must go to the O(n log n) heap encoder."""
     tokenizer = Tokenizer.train(shakespeare[:20_000], 320, pattern="none", special_tokens=())
+    heap_encoder, lengths = Tokenizer._encode_long_chunk, []
+
+    def counted(self, ids):
+        lengths.append(len(ids))
+        return heap_encoder(self, ids)
+
+    monkeypatch.setattr(Tokenizer, "_encode_long_chunk", counted)
     text = shakespeare[:200_000]
-    start = time.perf_counter()
     ids = tokenizer.encode(text)
-    assert time.perf_counter() - start < 30
+    assert lengths == [len(text.encode("utf-8"))]  # the one chunk, once
     assert tokenizer.decode(ids) == text and len(ids) < 0.7 * len(text)
+    words = Tokenizer.train(shakespeare[:20_000], 300, pattern="gpt2", special_tokens=())
+    words.encode(shakespeare[:5_000])
+    assert lengths == [len(text.encode("utf-8"))]  # short chunks (words) stay in the loop
 
 
 def test_explain_shows_the_merges_of_one_word(gpt2):
@@ -418,6 +434,7 @@ def test_cli_train_encode_decode_show(shakespeare, tmp_path, capsys):
     [
         (["decode", "--model", "{model}", "5", "400"], "cannot decode token id 400"),
         (["decode", "--model", "{model}", "five"], "decode takes token ids as integers"),
+        (["decode", "--model", "{model}"], "decode needs some token ids"),
         (["show", "--model", "{missing}", "hi"], "no model file"),
         (["train", "--input", "{missing}"], "does not exist"),
         (["train", "--input", "{model}", "--vocab_size", "100"], "vocab_size=100 is too small"),

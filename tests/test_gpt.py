@@ -125,6 +125,14 @@ def test_cached_generation_equals_uncached_generation(temperature):
     assert torch.equal(outputs[0], outputs[1])
 
 
+@pytest.mark.parametrize("block_size", [1, 3])
+def test_generation_slides_a_window_of_one_or_three_tokens(block_size):
+    model = gpt.GPT(tiny_config(block_size=block_size)).eval()
+    prompt = torch.randint(0, 64, (2, 2))
+    outputs = [model.generate(prompt, 7, temperature=0.0, use_cache=use_cache) for use_cache in (True, False)]
+    assert outputs[0].shape == (2, 9) and torch.equal(outputs[0], outputs[1])
+
+
 def test_sampling_filters():
     logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
     context = torch.tensor([[0]])
@@ -136,6 +144,21 @@ def test_sampling_filters():
     assert set(draws) == {0, 1}  # top_k=2 keeps exactly the two best
     # A strong repetition penalty on the seen token 0 hands the greedy choice to token 1.
     assert gpt.sample_next_token(logits, context, 0.0, 0, 1.0, 2.0).item() == 1
+
+
+def test_top_p_keeps_the_smallest_set_that_reaches_it():
+    logits = torch.tensor([[0.5, 0.25, 0.25]]).log()
+    context, generator = torch.tensor([[0]]), torch.Generator().manual_seed(0)
+    draws = {gpt.sample_next_token(logits, context, 1.0, 0, 0.5, 1.0, generator).item() for _ in range(200)}
+    assert draws == {0}  # token 0 alone already reaches 0.5: the 0.25s are cut
+    draws = {gpt.sample_next_token(logits, context, 1.0, 0, 0.9, 1.0, generator).item() for _ in range(200)}
+    assert draws == {0, 1, 2}  # 0.5 + 0.25 falls short of 0.9: all three stay
+
+
+def test_peak_flops_match_the_gpu_name_as_a_whole_word():
+    assert gpt.peak_flops_of("NVIDIA L4") == gpt.PEAK_FLOPS["L4"]
+    assert gpt.peak_flops_of("NVIDIA A100-SXM4-80GB") == gpt.PEAK_FLOPS["A100"]
+    assert gpt.peak_flops_of("NVIDIA L40S") is None  # another GPU, not an L4: no MFU rather than a wrong one
 
 
 def test_bad_shape_is_named():
@@ -210,6 +233,21 @@ def read_log(out_dir):
     return [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda", "mps"])
+def test_evaluate_is_the_mean_token_loss_on_every_device(device):
+    if device == "cuda" and not torch.cuda.is_available() or device == "mps" and not torch.backends.mps.is_available():
+        pytest.skip(f"no {device} here")
+    torch.manual_seed(0)
+    model = gpt.GPT(tiny_config()).eval()
+    tokens = np.random.default_rng(0).integers(0, 64, 100).astype(np.uint16)
+    windows = torch.from_numpy(tokens[:16 * 6 + 1].astype(np.int64))  # windows start at 0, 16, ..., 80: six of them
+    x, y = windows[:-1].view(6, 16), windows[1:].view(6, 16)
+    expected = model(x, y)[1].item()
+    config = tiny_config(batch_size=4)  # batches of 4 and 2 windows: the mean weighs every token equally
+    got = gpt.evaluate(model.to(device), tokens, config, torch.device(device), gpt.nullcontext())
+    assert got == pytest.approx(expected, abs=1e-5)
+
+
 def test_smoke_training_writes_checkpoint_log_picture_and_samples(tmp_path, capsys):
     data = write_char_dataset(tmp_path / "data")
     out = tmp_path / "out"
@@ -251,6 +289,36 @@ def test_resume_reproduces_the_next_losses_exactly(tmp_path):
     assert len(straight) == 8 and split == straight  # steps 5-8 after the resume equal the uninterrupted run
 
 
+def test_ctrl_c_during_an_evaluation_resumes_exactly(tmp_path, monkeypatch):
+    data = write_char_dataset(tmp_path / "data")
+    common = ["--data_dir", str(data), *TINY_FLAGS, "--dropout", "0.1", "--max_iters", "8", "--eval_interval", "4",
+              "--log_interval", "1", "--max_new_tokens", "1"]
+    gpt.main([*common, "--out_dir", str(tmp_path / "straight")])
+    evaluate = gpt.evaluate
+
+    def interrupted_once(*args, **kwargs):  # Ctrl-C in the first evaluation, after step 4 has finished
+        monkeypatch.setattr(gpt, "evaluate", evaluate)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpt, "evaluate", interrupted_once)
+    assert gpt.main([*common, "--out_dir", str(tmp_path / "split")])["step"] == 4
+    gpt.main([*common, "--out_dir", str(tmp_path / "split"), "--init_from", "resume"])
+    straight = [r["loss"] for r in read_log(tmp_path / "straight") if "loss" in r]
+    split = [r["loss"] for r in read_log(tmp_path / "split") if "loss" in r]
+    assert len(straight) == 8 and split == straight  # step 5 draws step 5's batches, not step 4's again
+
+
+def test_resuming_a_finished_run_names_how_to_keep_the_learning_rate_at_min_lr(tmp_path, capsys):
+    data = write_char_dataset(tmp_path / "data")
+    common = ["--data_dir", str(data), "--out_dir", str(tmp_path / "out"), *TINY_FLAGS, "--log_interval", "1",
+              "--min_lr", "1e-4", "--max_new_tokens", "1"]
+    gpt.main([*common, "--max_iters", "4"])
+    gpt.main([*common, "--max_iters", "4", "--init_from", "resume"])
+    assert "raise --max_iters to train further, with --lr_decay_iters 4 to stay at min_lr" in capsys.readouterr().out
+    gpt.main([*common, "--max_iters", "6", "--init_from", "resume", "--lr_decay_iters", "4"])
+    assert [r["lr"] for r in read_log(tmp_path / "out") if "lr" in r][4:] == [1e-4, 1e-4]  # steps 5 and 6
+
+
 def test_a_new_run_never_overwrites_a_trained_one_and_resume_reads_the_same_data(tmp_path, capsys):
     data = write_char_dataset(tmp_path / "data")
     other = write_char_dataset(tmp_path / "other", text=TEXT.upper())  # another character vocabulary
@@ -290,8 +358,17 @@ def test_early_stopping_after_patience_evaluations(tmp_path):
     data = write_char_dataset(tmp_path / "data")
     # With a zero learning rate the val loss never improves after the first evaluation.
     result = gpt.main(["--data_dir", str(data), "--out_dir", str(tmp_path / "out"), *TINY_FLAGS, "--learning_rate", "0",
-                       "--min_lr", "0", "--max_iters", "50", "--eval_interval", "2", "--patience", "2"])
+                       "--min_lr", "0", "--max_iters", "50", "--eval_interval", "2", "--patience", "2",
+                       "--eval_iters", "1", "--max_new_tokens", "1"])
     assert result["step"] == 6  # evaluations at 2 (best), 4 and 6 (no better): stop
+    # The evaluations on the way look at eval_iters batches; the last one, at the stop, at the whole split.
+    checkpoint = torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)
+    model = gpt.GPT(gpt.Config(**checkpoint["config"]))
+    model.load_state_dict(checkpoint["model"])
+    val_tokens = np.fromfile(data / "val.bin", dtype=np.uint16)
+    whole = gpt.evaluate(model, val_tokens, model.config, torch.device("cpu"), gpt.nullcontext())
+    val_losses = [r["val_loss"] for r in read_log(tmp_path / "out") if "val_loss" in r]
+    assert val_losses[0] == val_losses[1] != val_losses[2] == pytest.approx(whole, abs=1e-5)
 
 
 def test_two_process_ddp_with_gloo(tmp_path):
