@@ -1432,9 +1432,10 @@ def check_output_folder(path, flag):
 # moments, so they are always the checkpoint's; the others are the checkpoint's unless typed again (for example
 # `--max_steps 400` to train longer, or `--input` to go on with other text).
 KEPT_ON_RESUME = ("block_size", "batch_size", "grad_accum_steps", "seed", "freeze_layers")
-DEFAULT_ON_RESUME = ("val_fraction", "epochs", "max_steps", "learning_rate", "warmup_steps", "weight_decay",
+DEFAULT_ON_RESUME = ("save_hf", "val_fraction", "epochs", "max_steps", "learning_rate", "warmup_steps", "weight_decay",
                      "grad_clip", "dropout", "eval_batches", "log_interval", "sample_every", "bleu_samples",
-                     "bleu_prompt_lines", "bleu_reference_lines")
+                     "bleu_prompt_lines", "bleu_reference_lines", "prompt", "max_new_tokens", "num_return_sequences",
+                     "temperature", "top_k", "top_p", "repetition_penalty", "no_repeat_ngram_size")
 
 
 def resume_settings(config, saved, given):
@@ -1507,18 +1508,22 @@ def run(config, given=frozenset()):
         torch.set_num_threads(config.threads)
     out_dir = Path(config.out_dir)
     resuming = config.init_from == "resume"
-    if resuming and config.mode != "generate" and (out_dir / "ckpt.pt").is_file():
+    saved = None  # the settings of the run being resumed
+    if resuming and (out_dir / "ckpt.pt").is_file():
         saved = read_torch_checkpoint(out_dir / "ckpt.pt", "start a fresh run with another --out_dir")
-        if isinstance(saved, dict) and isinstance(saved.get("config"), dict):
-            resume_settings(config, saved["config"], given)
+        saved = saved.get("config") if isinstance(saved, dict) and isinstance(saved.get("config"), dict) else None
+        if saved is not None and config.mode != "generate":
+            resume_settings(config, saved, given)
     # Everything that can be refused is refused here, before a model is downloaded or a step is trained.
     if config.mode != "generate":
         check_data_source(config)
         check_output_folder(out_dir, "--out_dir")
     if config.save_hf:
         check_output_folder(config.save_hf, "--save_hf")
-        # A folder holding a model is overwritten only by the run that continues it (--init_from resume).
-        if not resuming and (Path(config.save_hf) / "model.safetensors").exists():
+        # A folder holding a model is overwritten only by the run that wrote it, resumed (--init_from resume).
+        own_folder = saved is not None and saved.get("save_hf") and \
+            Path(saved["save_hf"]).resolve() == Path(config.save_hf).resolve()
+        if not own_folder and (Path(config.save_hf) / "model.safetensors").exists():
             raise SystemExit(f"--save_hf {config.save_hf} already holds a model (model.safetensors): choose another "
                              f"folder (or delete that one)")
     if config.mode == "finetune" and not resuming and (out_dir / "ckpt.pt").exists():

@@ -695,6 +695,15 @@ def test_resume_without_data_options_continues_on_the_same_data(small_run, tmp_p
         ft.main(small_run + ["--out_dir", str(tmp_path / "other"), "--max_steps", "1", "--save_hf",
                              str(tmp_path / "hf")])
     assert "already holds a model" in one_sentence(error) and not (tmp_path / "other").exists()
+    ft.main(small_run + ["--out_dir", str(tmp_path / "other"), "--max_steps", "1"])
+    saved_model = (tmp_path / "hf" / "model.safetensors").read_bytes()
+    with pytest.raises(SystemExit) as error:  # nor by resuming another run
+        ft.main(["--init_from", "resume", "--out_dir", str(tmp_path / "other"), "--max_steps", "2", "--save_hf",
+                 str(tmp_path / "hf")])
+    assert "already holds a model" in one_sentence(error)
+    assert (tmp_path / "hf" / "model.safetensors").read_bytes() == saved_model
+    ft.main(["--init_from", "resume", "--out_dir", str(out), "--max_steps", "3", "--save_hf", str(tmp_path / "hf")])
+    assert (tmp_path / "hf" / "model.safetensors").read_bytes() != saved_model  # the run that wrote it may
     with pytest.raises(SystemExit) as error:
         ft.parse_config(["--max_steps", "0"])
     assert "--max_steps must be -1" in one_sentence(error)
