@@ -102,6 +102,10 @@ PRESETS = {
 # Fields that define the model: a resumed or sampled checkpoint always uses its own values.
 MODEL_SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "pos", "activation",
                       "layer_norm_epsilon")
+# What a resumed run takes from its checkpoint unless the command line sets it again (--max_iters 5000 to go on).
+RESUMED_SETTINGS = ("max_iters", "batch_size", "grad_accum_steps", "learning_rate", "min_lr", "warmup_iters",
+                    "lr_decay_iters", "weight_decay", "beta1", "beta2", "grad_clip", "dropout", "eval_interval",
+                    "eval_iters", "log_interval", "sample_interval", "patience", "seed")
 CHECKPOINT_FORMAT = "nanoverse-gpt-v1"
 
 
@@ -579,7 +583,7 @@ def train(config):
     checkpoint = None
     if config.init_from == "resume":
         checkpoint = load_checkpoint(checkpoint_path)
-        for field in MODEL_SHAPE_FIELDS:  # the weights fix the shape; training settings come from the command line
+        for field in MODEL_SHAPE_FIELDS:  # the weights fix the shape (the rest: RESUMED_SETTINGS, parse_args)
             setattr(config, field, checkpoint["config"][field])
         if not config.data_dir and not config.dataset:  # no data named: the data it was trained on
             config.dataset, config.data_dir = checkpoint["config"]["dataset"], checkpoint["data_dir"]
@@ -747,7 +751,7 @@ def train(config):
             print("sample:\n" + generate_text(raw_model, tokenizer, config, device, autocast,
                                               max_new_tokens=min(300, config.max_new_tokens))[0])
         print(f"done: step {step} | best val loss {best_val_loss:.4f} | {time.time() - started:.1f} s | "
-              f"checkpoint {checkpoint_path}")
+              f"checkpoint {checkpoint_path} (the weights of step {step})")
     if ddp:
         torch.distributed.destroy_process_group()
     return {"step": step, "best_val_loss": best_val_loss, "seconds": time.time() - started}
@@ -949,7 +953,12 @@ def parse_args(argv=None):
             parser.error(f"--preset must be one of {', '.join(PRESETS)}, not {preset!r}")
         for name, value in PRESETS[preset].items():
             setattr(config, name, value)
-    for name, value in explicit.items():  # flags given on the command line win over the preset
+    checkpoint_path = Path(explicit.get("out_dir", Config.out_dir)) / "ckpt.pt"
+    if explicit.get("init_from") == "resume" and checkpoint_path.is_file():  # a resumed run keeps its own settings
+        saved = load_checkpoint(checkpoint_path)["config"]
+        for name in RESUMED_SETTINGS:
+            setattr(config, name, saved.get(name, getattr(config, name)))
+    for name, value in explicit.items():  # flags given on the command line win over the preset and the checkpoint
         setattr(config, name, value)
     if config.init_from == "resume" and not {"dataset", "data_dir"} & explicit.keys():
         config.dataset = ""  # no data named: resume on the data the checkpoint was trained on

@@ -289,6 +289,20 @@ def test_resume_reproduces_the_next_losses_exactly(tmp_path):
     assert len(straight) == 8 and split == straight  # steps 5-8 after the resume equal the uninterrupted run
 
 
+def test_a_resume_that_types_only_the_folder_keeps_the_run_settings(tmp_path):
+    data = write_char_dataset(tmp_path / "data")
+    common = ["--data_dir", str(data), *TINY_FLAGS, "--dropout", "0.1", "--lr_decay_iters", "8", "--eval_interval",
+              "4", "--log_interval", "1", "--learning_rate", "2e-3", "--warmup_iters", "2", "--seed", "5"]
+    gpt.main([*common, "--out_dir", str(tmp_path / "straight"), "--max_iters", "8"])
+    gpt.main([*common, "--out_dir", str(tmp_path / "split"), "--max_iters", "4"])
+    gpt.main(["--out_dir", str(tmp_path / "split"), "--init_from", "resume"])  # max_iters 4: done, not 2500 steps
+    assert [r["step"] for r in read_log(tmp_path / "split") if "loss" in r] == [1, 2, 3, 4]
+    gpt.main(["--out_dir", str(tmp_path / "split"), "--init_from", "resume", "--max_iters", "8"])
+    straight = [r["loss"] for r in read_log(tmp_path / "straight") if "loss" in r]
+    split = [r["loss"] for r in read_log(tmp_path / "split") if "loss" in r]
+    assert len(straight) == 8 and split == straight  # the same learning rates, dropout, seed and batches
+
+
 def test_ctrl_c_during_an_evaluation_resumes_exactly(tmp_path, monkeypatch):
     data = write_char_dataset(tmp_path / "data")
     common = ["--data_dir", str(data), *TINY_FLAGS, "--dropout", "0.1", "--max_iters", "8", "--eval_interval", "4",
