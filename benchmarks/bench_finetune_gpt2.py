@@ -2,10 +2,10 @@
 
 GPT-2 small's shape (124M parameters, random weights saved once and loaded by both), batch 4 x 128 tokens:
   - one training step (forward, loss, backward, AdamW update) in float32 (and with bfloat16 autocast: --bf16);
-  - greedy generation of 128 new tokens after a 16-token prompt (batch 1, KV cache).
+  - greedy generation of 128 new tokens after a 16-token prompt (batch 1, KV cache), ours with its weights in the
+    memory order that its generate mode uses on a CPU (use_decoding_layout);
   - the floor under generation: per token, only one matrix-vector product per weight matrix (each weight read once,
-    the memory-bandwidth bound of any float32 decoder), with the output layer in both memory orders, and with every
-    matrix stored (in, out) as GPT-2's own Conv1D layers store theirs.
+    the memory-bandwidth bound of any float32 decoder), with the matrices in four memory orders (see floor_worker).
 Both sides must produce the same outputs: the same losses step after step (so the same updates) and the same tokens.
 Each measurement runs in its own process, so its peak memory (maximum resident set size) is its own.
 
@@ -89,6 +89,10 @@ def train_worker(side, folder, dtype, steps, device, fused):
 @torch.no_grad()
 def generate_worker(side, folder, new_tokens, device):
     model = load(side, folder, device).eval()
+    if side == "ours" and device.type == "cpu":  # what finetune_gpt2.py --mode generate does on a CPU
+        import finetune_gpt2 as ft
+
+        ft.use_decoding_layout(model)
     prompt = torch.randint(0, 50257, (1, PROMPT), generator=torch.Generator().manual_seed(1)).to(device)
 
     def run(n):
@@ -107,30 +111,33 @@ def generate_worker(side, folder, new_tokens, device):
 
 
 @torch.no_grad()
-def floor_worker(folder, new_tokens, device, transposed_head, transposed_blocks):
+def floor_worker(folder, new_tokens, device, task):
     """The least work one decoded token needs at batch 1: one matrix-vector product per weight matrix (four per block,
     plus the 50257 x 768 output layer), nothing else. Every weight is read from memory once per token, so this is the
-    memory-bandwidth floor of any float32 decoder on these weights. transposed_head: the output layer stored (768, V),
-    read as x @ W, instead of (V, 768) through F.linear; transposed_blocks: the same for the blocks' matrices. The
-    same sums either way, in another memory order."""
+    memory-bandwidth floor of any float32 decoder on these weights. The task names which matrices are stored (in, out)
+    instead of nn.Linear's (out, in): none ("floor"), the output layer ("floor-transposed"), all of them
+    ("floor-all-transposed"), or those that finetune_gpt2.py's use_decoding_layout stores so, the ones with out >= in
+    ("floor-decoding-layout"). The same sums in every case, in another memory order."""
     import finetune_gpt2 as ft
 
     model = ft.load_hf_folder(folder).to(device)
-    matrices = [module.weight for name, module in model.named_modules()
+    if task == "floor-decoding-layout":
+        ft.use_decoding_layout(model)
+
+    def stored(name, weight):
+        if task == "floor-all-transposed" or (task == "floor-transposed" and name == "lm_head"):
+            return weight.t().contiguous().t()  # same shape, stored (in, out)
+        return weight
+
+    matrices = [stored(name, module.weight) for name, module in model.named_modules()
                 if isinstance(module, torch.nn.Linear) and name != "lm_head"]
-    if transposed_blocks:
-        matrices = [weight.t().contiguous() for weight in matrices]  # (in, out)
-    head = model.lm_head.weight.t().contiguous() if transposed_head else model.lm_head.weight
-    x = torch.randn(1, model.config.n_embd, device=device)
+    head = stored("lm_head", model.lm_head.weight)
     inputs = {n: torch.randn(1, n, device=device) for w in matrices for n in w.shape}
 
     def one_token():
         for weight in matrices:
-            if transposed_blocks:
-                inputs[weight.shape[0]] @ weight
-            else:
-                torch.nn.functional.linear(inputs[weight.shape[1]], weight)
-        return (x @ head if transposed_head else torch.nn.functional.linear(x, head)).argmax()
+            torch.nn.functional.linear(inputs[weight.shape[1]], weight)
+        return torch.nn.functional.linear(inputs[head.shape[1]], head).argmax()
 
     for _ in range(3):
         one_token()
@@ -151,8 +158,7 @@ def worker(args):
     if args.task == "generate":
         result = generate_worker(args.side, args.folder, args.new_tokens, device)
     elif args.task.startswith("floor"):
-        result = floor_worker(args.folder, args.new_tokens, device, args.task != "floor",
-                              args.task == "floor-all-transposed")
+        result = floor_worker(args.folder, args.new_tokens, device, args.task)
     else:
         result = train_worker(args.side, args.folder, args.task.split("-")[1], args.steps, device, args.fused)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else \
@@ -206,7 +212,8 @@ def main():
              ("train-float32", "finetune_gpt2", False), ("generate", "transformers", False),
              ("generate", "finetune_gpt2", False), ("floor", "matrix-vector products only", False),
              ("floor-transposed", "matrix-vector products only", False),
-             ("floor-all-transposed", "matrix-vector products only", False)]
+             ("floor-all-transposed", "matrix-vector products only", False),
+             ("floor-decoding-layout", "matrix-vector products only", False)]
     if args.bf16:
         tasks[3:3] = [("train-bfloat16", "transformers", False), ("train-bfloat16", "finetune_gpt2", False)]
     results = {}

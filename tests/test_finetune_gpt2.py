@@ -219,6 +219,29 @@ def test_top_k_1_sampling_is_greedy_and_cache_changes_nothing(tmp_path):
         assert torch.equal(cached, uncached)
 
 
+def test_decoding_layout_changes_the_memory_order_only(tmp_path, gpt2_encoding):
+    reference = tiny_hf_model(3, 4, 48, 32, 300)
+    reference.save_pretrained(tmp_path / "in")
+    model = ft.load_hf_folder(tmp_path / "in").eval()
+    idx = torch.randint(0, 300, (2, 20))
+    with torch.no_grad():
+        before = model(idx)[0]
+    greedy = ft.generate(model, idx[:1, :5], 40, temperature=0.0)  # 45 tokens: the 32-token window slides
+    ft.use_decoding_layout(model)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):  # the widening matrices go (in, out); mlp.c_proj stays as it was
+            widening = module.out_features >= module.in_features
+            assert module.weight.t().is_contiguous() == widening and module.weight.is_contiguous() != widening
+    assert model.transformer.wte.weight is model.lm_head.weight  # still tied
+    with torch.no_grad():
+        assert (model(idx)[0] - before).abs().max().item() <= 1e-5
+    assert torch.equal(ft.generate(model, idx[:1, :5], 40, temperature=0.0), greedy)
+    ft.save_hf_folder(model, tmp_path / "out", gpt2_encoding)  # what --mode generate --save_hf writes
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        assert (reloaded(idx).logits - before).abs().max().item() <= 1e-5
+
+
 def test_generation_stops_at_end_of_text(tmp_path):
     tiny_hf_model(2, 2, 32, 64, 300).save_pretrained(tmp_path)
     model = ft.load_hf_folder(tmp_path)
