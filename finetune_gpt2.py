@@ -1238,6 +1238,21 @@ def write_text(path, text):
     os.replace(temporary, path)
 
 
+def drop_unsaved_records(path, step):
+    """Before a resumed run appends to log.jsonl: drop the records of steps after its checkpoint, and a line cut short.
+    A crash can log steps that no checkpoint saved, and those steps are about to be trained again."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line + "\n")
+        except json.JSONDecodeError:
+            pass
+    write_text(path, "".join(kept))
+
+
 def save_hf_folder(model, folder, encoding, card=""):
     """config.json, model.safetensors, vocab.json + merges.txt (the tokenizer) and README.md (the model card)."""
     folder = Path(folder)
@@ -1562,6 +1577,8 @@ def run(config, given=frozenset()):
     if resuming:
         resume, model = load_resume_checkpoint(out_dir / "ckpt.pt")
         saved = resume["config"]
+        if config.mode == "finetune" and rank == 0:
+            drop_unsaved_records(out_dir / "log.jsonl", resume["step"])
         origin = resume.get("origin") or {"base_model": saved.get("init_from", "?"),
                                           "data": [saved.get("input") or saved.get("data_dir", "?")]}
     else:

@@ -636,7 +636,7 @@ def train(config):
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise SystemExit(f"cannot create --out_dir {out_dir} ({error.strerror}): name a folder you can write to")
-        log_file = open(out_dir / "log.jsonl", "a" if checkpoint is not None else "w")  # a new run, a new log
+        log_file = open_log(out_dir / "log.jsonl", None if checkpoint is None else step)
         try:
             tokenizer = load_tokenizer(meta, data_dir)
         except SystemExit as error:  # samples are a bonus; training goes on without them
@@ -755,6 +755,26 @@ def train(config):
     if ddp:
         torch.distributed.destroy_process_group()
     return {"step": step, "best_val_loss": best_val_loss, "seconds": time.time() - started}
+
+
+def open_log(path, resumed_step=None):
+    """log.jsonl, open for appending. A new run (resumed_step None) starts a new log. A resumed run first drops the
+    records of steps after its checkpoint, and a line cut short: a crash can log steps that no checkpoint saved, and
+    those steps are about to be trained again (a Ctrl-C saves first, so it leaves nothing to drop)."""
+    if resumed_step is None:
+        return open(path, "w")
+    kept = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", 0) <= resumed_step:
+            kept.append(line + "\n")
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("".join(kept))
+    os.replace(temporary, path)
+    return open(path, "a")
 
 
 def plot_losses(log_path, picture_path):

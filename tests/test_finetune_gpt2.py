@@ -545,6 +545,29 @@ def test_resume_continues_exactly_with_dropout(small_run, tmp_path, monkeypatch,
     assert "--- sample at step 4" in printed and "--- sample at step 8" in printed
 
 
+def test_a_resume_after_a_crash_logs_each_step_once(small_run, tmp_path, monkeypatch):
+    run = small_run + ["--max_steps", "8", "--sample_every", "0"]  # 5 steps per epoch: a checkpoint at step 5
+    ft.main(run + ["--out_dir", str(tmp_path / "straight")])
+    learning_rate_at = ft.learning_rate_at
+
+    def crash_before_step_7(step, total_steps, config):  # step 6 is logged, but the checkpoint holds step 5
+        if step == 6:
+            raise MemoryError("killed")
+        return learning_rate_at(step, total_steps, config)
+
+    monkeypatch.setattr(ft, "learning_rate_at", crash_before_step_7)
+    with pytest.raises(MemoryError):
+        ft.main(run + ["--out_dir", str(tmp_path / "crashed")])
+    monkeypatch.setattr(ft, "learning_rate_at", learning_rate_at)
+    assert torch.load(tmp_path / "crashed" / "ckpt.pt", weights_only=True)["step"] == 5
+    with open(tmp_path / "crashed" / "log.jsonl", "a") as f:
+        f.write('{"step": 7, "lo')  # a line the crash cut short
+    ft.main(run + ["--out_dir", str(tmp_path / "crashed"), "--init_from", "resume"])
+    losses = [[(r["step"], r["loss"]) for r in log_records(tmp_path / name) if "loss" in r]
+              for name in ("straight", "crashed")]
+    assert len(losses[0]) == 8 and losses[1] == losses[0]
+
+
 def test_unreadable_and_foreign_checkpoints_are_named(small_run, tmp_path):
     out = tmp_path / "out"
     ft.main(small_run + ["--out_dir", str(out), "--max_steps", "1"])

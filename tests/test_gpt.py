@@ -322,6 +322,31 @@ def test_ctrl_c_during_an_evaluation_resumes_exactly(tmp_path, monkeypatch):
     assert len(straight) == 8 and split == straight  # step 5 draws step 5's batches, not step 4's again
 
 
+def test_a_resume_after_a_crash_logs_each_step_once(tmp_path, monkeypatch):
+    data = write_char_dataset(tmp_path / "data")
+    common = ["--data_dir", str(data), *TINY_FLAGS, "--dropout", "0.1", "--max_iters", "8", "--eval_interval", "4",
+              "--log_interval", "1", "--max_new_tokens", "1"]
+    gpt.main([*common, "--out_dir", str(tmp_path / "straight")])
+    learning_rate_at = gpt.learning_rate_at
+
+    def crash_at_step_7(step, config):  # steps 5 and 6 are logged, but the checkpoint holds step 4
+        if step == 6:
+            raise MemoryError("killed")
+        return learning_rate_at(step, config)
+
+    monkeypatch.setattr(gpt, "learning_rate_at", crash_at_step_7)
+    with pytest.raises(MemoryError):
+        gpt.main([*common, "--out_dir", str(tmp_path / "split")])
+    monkeypatch.setattr(gpt, "learning_rate_at", learning_rate_at)
+    with open(tmp_path / "split" / "log.jsonl", "a") as f:
+        f.write('{"step": 7, "lo')  # a line the crash cut short
+    gpt.main([*common, "--out_dir", str(tmp_path / "split"), "--init_from", "resume"])
+    straight = [(r["step"], r["loss"]) for r in read_log(tmp_path / "straight") if "loss" in r]
+    split = [(r["step"], r["loss"]) for r in read_log(tmp_path / "split") if "loss" in r]
+    assert len(straight) == 8 and split == straight
+    assert [r["step"] for r in read_log(tmp_path / "split") if "val_loss" in r] == [4, 8]
+
+
 def test_resuming_a_finished_run_names_how_to_keep_the_learning_rate_at_min_lr(tmp_path, capsys):
     data = write_char_dataset(tmp_path / "data")
     common = ["--data_dir", str(data), "--out_dir", str(tmp_path / "out"), *TINY_FLAGS, "--log_interval", "1",
