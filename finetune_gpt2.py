@@ -908,19 +908,21 @@ def generate(model, idx, max_new_tokens, eot_id=None, use_cache=True, generator=
 
 
 def use_decoding_layout(model):
-    """Store each widening weight matrix column by column: same numbers, same (out, in) shape, transposed in memory.
+    """Store each weight matrix with out >= in column by column: the same numbers and (out, in) shape, transposed.
 
     Decoding one token at a time is a chain of matrix-vector products, one per weight matrix, so its speed is how fast
-    the weights stream from memory. On the CPU measured in benchmarks/RESULTS.md, a product streams a matrix fastest
-    when the matrix's longer side is the contiguous one: per token, the 50257 x 768 output layer took 5.6 ms stored
-    (in, out) against 10.4 ms in nn.Linear's (out, in), and c_fc (768 -> 3072) 0.45 ms against 0.63, while mlp.c_proj
-    (3072 -> 768) is faster as it is (0.45 ms against 0.58). So the matrices with out >= in are stored (in, out), the
-    order of GPT-2's own Conv1D layers. Training is slower with the output layer stored that way (its weight gradient
-    costs more), so only the generate and evaluate modes, on a CPU, call this. The tied token embedding changes with
-    the output layer; a lookup then reads a strided column, which costs nothing next to the products.
+    the weights stream from memory. On the CPU measured in benchmarks/RESULTS.md (other CPUs may differ), a product
+    streams a matrix fastest when the matrix's longer side is the contiguous one: per token, the 50257 x 768 output
+    layer took 5.6 ms stored (in, out) against 10.4 ms in nn.Linear's (out, in), and c_fc (768 -> 3072) 0.45 ms
+    against 0.63, while mlp.c_proj (3072 -> 768) is faster as it is (0.45 ms against 0.58); the square attn.c_proj was
+    a little faster (in, out) too. So the matrices with out >= in are stored (in, out), the order of GPT-2's own Conv1D
+    layers. Training is slower with the output layer stored that way (its weight gradient costs more), so only the
+    generate and evaluate modes, on a CPU, call this.
     """
     for module in model.modules():
         if isinstance(module, nn.Linear) and module.out_features >= module.in_features:
+            # .data swaps the tensor inside the same Parameter, so the tie of wte and lm_head holds: the token
+            # embedding changes with the output layer, and a lookup reads a strided column, a trifle next to products.
             module.weight.data = module.weight.data.t().contiguous().t()
 
 
@@ -1240,16 +1242,18 @@ def write_text(path, text):
 
 def drop_unsaved_records(path, step):
     """Before a resumed run appends to log.jsonl: drop the records of steps after its checkpoint, and a line cut short.
-    A crash can log steps that no checkpoint saved, and those steps are about to be trained again."""
+    A crash can log steps that no checkpoint saved, and those steps are about to be trained again. Records without a
+    step (the evaluations before and after training) are kept."""
     if not path.exists():
         return
     kept = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line + "\n")
+            record = json.loads(line)
         except json.JSONDecodeError:
-            pass
+            continue
+        if isinstance(record, dict) and (not isinstance(record.get("step"), int) or record["step"] <= step):
+            kept.append(line + "\n")
     write_text(path, "".join(kept))
 
 

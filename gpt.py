@@ -764,15 +764,15 @@ def open_log(path, resumed_step=None):
     if resumed_step is None:
         return open(path, "w")
     kept = []
-    for line in path.read_text().splitlines() if path.exists() else []:
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if record.get("step", 0) <= resumed_step:
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= resumed_step:
             kept.append(line + "\n")
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(kept))
+    temporary.write_text("".join(kept), encoding="utf-8")
     os.replace(temporary, path)
     return open(path, "a")
 

@@ -291,7 +291,7 @@ def main():
               f"{result['peak_mib']:.0f} | {share} | {same} |")
 
     print("\nOne matrix-vector product (ms per product), by the memory order of the matrix (layout_worker):\n")
-    print("| matrix (out, in) | stored (out, in) | stored (in, out) | faster |")
+    print("| matrix (out, in) | stored (out, in), ms | stored (in, out), ms | faster |")
     print("| --- | ---: | ---: | --- |")
     for kind, row in layouts.items():
         print(f"| {kind} | {row['(out, in)']:.3f} | {row['(in, out)']:.3f} | {min(row, key=row.get)} |")

@@ -561,7 +561,7 @@ def test_a_resume_after_a_crash_logs_each_step_once(small_run, tmp_path, monkeyp
     monkeypatch.setattr(ft, "learning_rate_at", learning_rate_at)
     assert torch.load(tmp_path / "crashed" / "ckpt.pt", weights_only=True)["step"] == 5
     with open(tmp_path / "crashed" / "log.jsonl", "a") as f:
-        f.write('{"step": 7, "lo')  # a line the crash cut short
+        f.write('[7]\n{"step": null}\n{"step": 7, "lo')  # lines that are not records, and one the crash cut short
     ft.main(run + ["--out_dir", str(tmp_path / "crashed"), "--init_from", "resume"])
     losses = [[(r["step"], r["loss"]) for r in log_records(tmp_path / name) if "loss" in r]
               for name in ("straight", "crashed")]

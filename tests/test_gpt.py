@@ -329,17 +329,17 @@ def test_a_resume_after_a_crash_logs_each_step_once(tmp_path, monkeypatch):
     gpt.main([*common, "--out_dir", str(tmp_path / "straight")])
     learning_rate_at = gpt.learning_rate_at
 
-    def crash_at_step_7(step, config):  # steps 5 and 6 are logged, but the checkpoint holds step 4
+    def crash_before_step_7(step, config):  # steps 5 and 6 are logged, but the checkpoint holds step 4
         if step == 6:
             raise MemoryError("killed")
         return learning_rate_at(step, config)
 
-    monkeypatch.setattr(gpt, "learning_rate_at", crash_at_step_7)
+    monkeypatch.setattr(gpt, "learning_rate_at", crash_before_step_7)
     with pytest.raises(MemoryError):
         gpt.main([*common, "--out_dir", str(tmp_path / "split")])
     monkeypatch.setattr(gpt, "learning_rate_at", learning_rate_at)
     with open(tmp_path / "split" / "log.jsonl", "a") as f:
-        f.write('{"step": 7, "lo')  # a line the crash cut short
+        f.write('[7]\n{"step": null}\n{"step": 7, "lo')  # lines that are not records, and one the crash cut short
     gpt.main([*common, "--out_dir", str(tmp_path / "split"), "--init_from", "resume"])
     straight = [(r["step"], r["loss"]) for r in read_log(tmp_path / "straight") if "loss" in r]
     split = [(r["step"], r["loss"]) for r in read_log(tmp_path / "split") if "loss" in r]
