@@ -921,8 +921,8 @@ def use_decoding_layout(model):
     """
     for module in model.modules():
         if isinstance(module, nn.Linear) and module.out_features >= module.in_features:
-            # .data swaps the tensor inside the same Parameter, so the tie of wte and lm_head holds: the token
-            # embedding changes with the output layer, and a lookup reads a strided column, a trifle next to products.
+            # .data swaps the tensor inside the same Parameter, so wte stays tied to lm_head; an embedding lookup
+            # then reads a strided column, a trifle next to the products.
             module.weight.data = module.weight.data.t().contiguous().t()
 
 
