@@ -143,14 +143,16 @@ def floor_worker(folder, new_tokens, device, task):
 
     for _ in range(3):
         one_token()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(new_tokens):
-        one_token()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    seconds = float("inf")
+    for _ in range(3):  # the best of three, as for generation
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(new_tokens):
+            one_token()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = min(seconds, time.perf_counter() - start)
     return {"tokens_per_sec": new_tokens / seconds, "ms": seconds * 1e3 / new_tokens}
 
 
