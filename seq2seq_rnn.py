@@ -16,7 +16,8 @@ Run:
   # CPU (2 cores, 8-15 minutes): Hindi romanized -> Devanagari, about 48% dev word accuracy with beam search
   python seq2seq_rnn.py --lang hi --max_minutes 20
   # CPU, 20 minutes, about 50%: three models at once, one process each sharing the 2 cores (left-to-right and
-  # right-to-left decoders; download the data first, e.g. with the command above), then the three as an ensemble
+  # right-to-left decoders), then the three as an ensemble; download the data first, or each run would:
+  python -c "import seq2seq_rnn as s; s.lexicon_path(s.Config(lang='hi'), 'train')"
   python seq2seq_rnn.py --max_minutes 20 --lr_schedule linear --threads 1 --seed 1 --out_dir out-hi/a &
   python seq2seq_rnn.py --max_minutes 20 --lr_schedule linear --threads 1 --seed 1 --reverse_output --out_dir out-hi/b &
   python seq2seq_rnn.py --max_minutes 20 --lr_schedule linear --threads 1 --seed 2 --out_dir out-hi/c &
@@ -24,7 +25,7 @@ Run:
   python seq2seq_rnn.py --evaluate dev --out_dir out-hi \
     --checkpoint out-hi/a/best.pt,out-hi/b/best.pt,out-hi/c/best.pt
   # GPU
-  python seq2seq_rnn.py --lang hi --device cuda --batch_size 256 --learning_rate 3e-3
+  python seq2seq_rnn.py --lang hi --device cuda
   # Colab: paste this file into a cell and run it (defaults), or: !python seq2seq_rnn.py --lang hi --device cuda
   # then
   python seq2seq_rnn.py --evaluate test --checkpoint out-seq2seq/best.pt
@@ -94,7 +95,7 @@ class Config:
     length_penalty: float = 0.5  # rank hypotheses by log-probability / length**length_penalty
     max_output_length: int = 40  # longest output word, in characters
     checkpoint: str = ""  # checkpoint for --evaluate and --translit (default: out_dir/best.pt); a,b: an ensemble
-    evaluate: str = ""  # score this lexicon file (or train, dev, test: that split of --lang) with --checkpoint
+    evaluate: str = ""  # score this lexicon file (or train, dev, test: that split of the checkpoint's language)
     translit: str = ""  # transliterate these space-separated words with --checkpoint and print the top candidates
     heatmaps: int = 4  # words to draw attention heatmaps for
     # system
@@ -418,8 +419,9 @@ def read_lexicon(path, direction):
                     raise SystemExit(f"line {line_number} of {path} has an empty {empty} column; every line needs "
                                      f"both words.")
                 if len(columns) == 3 and not columns[2].strip().isdigit():
-                    raise SystemExit(f"line {line_number} of {path} has {columns[2]!r} as its count, not a number; "
-                                     f"a lexicon has no header line, so remove it.")
+                    fix = "a lexicon has no header line, so remove it" if line_number == 1 else "fix or delete it"
+                    raise SystemExit(f"line {line_number} of {path} has {columns[2]!r} as its count, not a whole "
+                                     f"number; {fix}.")
                 native, roman = columns[0].strip(), columns[1].strip()
                 pairs.append((roman, native) if direction == "roman2native" else (native, roman))
     except UnicodeDecodeError:
@@ -446,17 +448,29 @@ def download_dakshina(lang, cache_dir):
                     while chunk := response.read(1 << 20):
                         file.write(chunk)
                         bar.update(len(chunk))
+            # A connection that closes early ends the loop quietly: count the bytes, or a cut-off archive would be
+            # kept under the final name and fail every later run.
+            if total is not None and partial.stat().st_size != total:
+                raise OSError(f"got {partial.stat().st_size:,} of {total:,} bytes")
         except (urllib.error.URLError, OSError) as error:
-            raise SystemExit(f"could not download the Dakshina dataset ({error}); fetch {DAKSHINA_URL} yourself, "
-                             f"unpack it and pass --data_dir FOLDER (or set NANOVERSE_DATA).")
+            partial.unlink(missing_ok=True)  # never leave a 2 GB fragment behind
+            raise SystemExit(f"could not download the Dakshina dataset ({error}); run again, or fetch "
+                             f"{DAKSHINA_URL} yourself, unpack it and pass --data_dir FOLDER (or set NANOVERSE_DATA).")
         os.replace(partial, archive)
-    with tarfile.open(archive) as tar:
-        for split in ("train", "dev", "test"):
-            name = f"{lang}.translit.sampled.{split}.tsv"
-            data = tar.extractfile(f"dakshina_dataset_v1.0/{lang}/lexicons/{name}").read()
-            if name in LEXICON_SHA256 and hashlib.sha256(data).hexdigest() != LEXICON_SHA256[name]:
-                raise SystemExit(f"{name} in {archive} has the wrong sha256; delete the archive and run again.")
-            write_atomically(cache_dir / lang / name, data)
+    try:
+        with tarfile.open(archive) as tar:
+            for split in ("train", "dev", "test"):
+                name = f"{lang}.translit.sampled.{split}.tsv"
+                data = tar.extractfile(f"dakshina_dataset_v1.0/{lang}/lexicons/{name}").read()
+                if name in LEXICON_SHA256 and hashlib.sha256(data).hexdigest() != LEXICON_SHA256[name]:
+                    raise SystemExit(f"{name} in {archive} has the wrong sha256; delete the archive and run again.")
+                write_atomically(cache_dir / lang / name, data)
+    except (tarfile.TarError, OSError) as error:  # damaged or cut short
+        raise SystemExit(f"could not read {archive} ({type(error).__name__}), so it is damaged or cut short; delete "
+                         f"that file and run again to download it afresh.")
+    except KeyError:  # a readable tar without this language's lexicons
+        raise SystemExit(f"{archive} has no {lang} lexicons, so it is not the Dakshina archive; delete that file and "
+                         f"run again to download it afresh.")
 
 
 def lexicon_path(config, split):
@@ -476,6 +490,11 @@ def lexicon_path(config, split):
         for layout in layouts:
             if (folder / layout).is_file():
                 return folder / layout
+    for folder in folders:  # a partial copy (the test mirror has train and dev only): say so rather than download
+        train_layouts = [Path(str(layout).replace(f".{split}.", ".train.")) for layout in layouts]
+        if split != "train" and any((folder / layout).is_file() for layout in train_layouts):
+            raise SystemExit(f"{folder} has the {config.lang} training lexicon but no {name}; evaluate another split "
+                             f"or a .tsv file, or pass --data_dir with a folder that has it.")
     download_dakshina(config.lang, Path("data") / "dakshina")
     return Path("data") / "dakshina" / layouts[0]
 
@@ -564,12 +583,15 @@ class Ensemble(nn.Module):
     pass (log P(output | input), summed over its characters), and the proposals are ranked by the models' mean of
     log P / length**length_penalty. Models trained from other seeds make partly different mistakes, and a left-to-right
     and a right-to-left model (--reverse_output) differ most: one commits to the start of a word before it has
-    written the end, the other the other way round. The models must share the character vocabularies.
+    written the end, the other the other way round. Proposals and scores are text, so each model keeps its own
+    character vocabularies (models trained on different rows may know different characters); a character that a
+    model never saw reads as <unk> to it, which it was never trained to write, so it scores that proposal low.
     """
 
-    def __init__(self, models):
+    def __init__(self, models, vocabularies):
         super().__init__()
         self.models = nn.ModuleList(models)
+        self.vocabularies = vocabularies  # one {"source": [...], "target": [...]} per model
         self.config = models[0].config
 
 
@@ -594,16 +616,17 @@ def output_log_probs(model, pairs, vocabularies, batch_size=512):
     return log_probs, lengths
 
 
-def ensemble_transliterate(ensemble, words, vocabularies, beam_size, max_length, length_penalty=0.5):
+def ensemble_transliterate(ensemble, words, beam_size, max_length, length_penalty=0.5):
     """Proposals from every model's beam, ranked by the mean over models of log P / length**length_penalty."""
     distinct = list(dict.fromkeys(words))
     proposals = {word: {} for word in distinct}  # a dict keeps each proposal once, in order
-    for model in ensemble.models:
+    members = list(zip(ensemble.models, ensemble.vocabularies))
+    for model, vocabularies in members:
         for word, options in zip(distinct, transliterate(model, distinct, vocabularies, beam_size, max_length,
                                                          length_penalty)):
             proposals[word].update(dict.fromkeys(text for text, _ in options))
     pairs = [(word, text) for word in distinct for text in proposals[word]]
-    scored = [output_log_probs(model, pairs, vocabularies) for model in ensemble.models]
+    scored = [output_log_probs(model, pairs, vocabularies) for model, vocabularies in members]
     ranked = defaultdict(list)
     for index, (word, text) in enumerate(pairs):
         mean_log_prob = sum(log_probs[index] for log_probs, _ in scored) / len(scored)
@@ -617,9 +640,10 @@ def ensemble_transliterate(ensemble, words, vocabularies, beam_size, max_length,
 
 @torch.no_grad()
 def transliterate(model, words, vocabularies, beam_size, max_length, length_penalty=0.5, batch_size=256):
-    """Returns, per word, a list of (candidate, log-probability) best first; greedy when beam_size is 1."""
+    """Returns, per word, a list of (candidate, log-probability) best first; greedy when beam_size is 1. An Ensemble
+    uses its models' own vocabularies."""
     if isinstance(model, Ensemble):
-        return ensemble_transliterate(model, words, vocabularies, beam_size, max_length, length_penalty)
+        return ensemble_transliterate(model, words, beam_size, max_length, length_penalty)
     model.eval()
     in_reading_order = (lambda text: text[::-1]) if model.config.reverse_output else (lambda text: text)
     device = next(model.parameters()).device
@@ -659,19 +683,25 @@ def find_font(characters):
     return None
 
 
-def save_attention_heatmaps(model, words, vocabularies, path, max_length):
-    """Draws, for each word, which input characters (x) the decoder attended to while writing each output (y), in
-    the order the decoder wrote them (backwards for a --reverse_output model; the first model of an ensemble)."""
+@torch.no_grad()
+def save_attention_heatmaps(model, words, predictions, vocabularies, path):
+    """Draws, for each word and its prediction (the beam's best, as in the predictions file), which input characters
+    (x) the decoder attended to while writing each output character (y). One teacher-forced pass gives the weights.
+    Rows are in the order the decoder wrote them (backwards for a --reverse_output model); an ensemble shows its
+    first model."""
     from matplotlib.figure import Figure
     from matplotlib.font_manager import FontProperties
 
-    model = model.models[0] if isinstance(model, Ensemble) else model
+    if isinstance(model, Ensemble):
+        model, vocabularies = model.models[0], model.vocabularies[0]
     model.eval()
     device = next(model.parameters()).device
     source_stoi = {c: i for i, c in enumerate(vocabularies["source"])}
-    source, lengths, _, _ = make_batch([(w, "") for w in words], source_stoi, {}, device)
-    ids, weights, _ = greedy_decode(model, source, lengths, max_length)
-    outputs = [decode_ids(row, vocabularies["target"]) for row in ids.tolist()]
+    target_stoi = {c: i for i, c in enumerate(vocabularies["target"])}
+    outputs = [p[::-1] if model.config.reverse_output else p for p in predictions]  # in the order written
+    source, lengths, target_inputs, _ = make_batch(list(zip(words, outputs)), source_stoi, target_stoi, device)
+    memory, keys, memory_mask, state = model.encode(source, lengths)
+    _, _, weights = model.decoder(target_inputs, state, memory, keys, memory_mask)  # (B, T, S)
     characters = "".join(words) + "".join(outputs)
     font_path = find_font(characters)
     if font_path is None:
@@ -721,9 +751,10 @@ def evaluate_and_report(model, pairs, vocabularies, config, out_dir, title):
     if config.attention == "none" and config.heatmaps > 0:
         print("no attention heatmaps: this model has no attention (--attention none)")
     elif config.heatmaps > 0:
-        words = list(dict.fromkeys(s for s, _ in pairs))[:config.heatmaps]
-        save_attention_heatmaps(model, words, vocabularies, Path(out_dir) / f"attention-{tag}.png",
-                                config.max_output_length)
+        best = dict(zip((s for s, _ in pairs), (c[0] for c in candidates)))  # each input word once, in order
+        words = list(best)[:config.heatmaps]
+        save_attention_heatmaps(model, words, [best[w] for w in words], vocabularies,
+                                Path(out_dir) / f"attention-{tag}.png")
     return metrics
 
 
@@ -765,7 +796,8 @@ def load_checkpoint(path):
         raise SystemExit(f"could not read checkpoint {path} ({type(error).__name__}); it is damaged or not a "
                          f"seq2seq_rnn.py checkpoint, so train a new one.")
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise SystemExit(f"{path} is not a seq2seq_rnn.py checkpoint (format {CHECKPOINT_FORMAT}).")
+        raise SystemExit(f"{path} is not a checkpoint that seq2seq_rnn.py wrote; pass the best.pt or last.pt of a "
+                         f"seq2seq_rnn.py run.")
     return checkpoint
 
 
@@ -799,11 +831,14 @@ def load_models(paths, given, device):
     """One checkpoint gives its model; several (comma-separated) give an Ensemble of them."""
     loaded = [model_from_checkpoint(load_checkpoint(path), given, device) for path in paths]
     model, config, vocabularies = loaded[0]
-    for path, (_, other_config, other_vocabularies) in zip(paths[1:], loaded[1:]):
-        if other_vocabularies != vocabularies or other_config.direction != config.direction:
-            raise SystemExit(f"{path} was trained on other characters or another direction than {paths[0]}; an "
-                             f"ensemble needs models trained on the same language and direction.")
-    return (Ensemble([m for m, _, _ in loaded]) if len(loaded) > 1 else model), config, vocabularies
+    for path, (_, other, _) in zip(paths[1:], loaded[1:]):
+        if (other.lang, other.direction) != (config.lang, config.direction):
+            raise SystemExit(f"{path} transliterates --lang {other.lang} {other.direction}, but {paths[0]} --lang "
+                             f"{config.lang} {config.direction}; an ensemble needs models of one language and "
+                             f"direction.")
+    if len(loaded) == 1:
+        return model, config, vocabularies
+    return Ensemble([m for m, _, _ in loaded], [v for _, _, v in loaded]), config, vocabularies
 
 
 def pick_device(name):
@@ -1015,7 +1050,7 @@ def parse_config(argv):
                "lr_schedule": ("plateau", "linear"),
                "direction": ("roman2native", "native2roman")}
     for field in dataclasses.fields(Config):
-        help_text = f"{helps.get(field.name, '')} (default: {field.default})"
+        help_text = helps.get(field.name, "") + (f" (default: {field.default})" if field.default != "" else "")
         if field.type is bool:
             parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction, help=help_text)
         else:
@@ -1024,6 +1059,9 @@ def parse_config(argv):
     if unknown[:1] == ["-f"]:  # Jupyter/Colab start the kernel with `-f kernel.json`: ignore it
         unknown = unknown[2:]
     if unknown:
+        if getattr(arguments, "translit", None) and not unknown[0].startswith("-"):  # --translit namaste duniya
+            raise SystemExit(f"unknown option(s) {' '.join(unknown)}; to transliterate several words, quote them: "
+                             f"--translit \"{' '.join([arguments.translit, *unknown])}\".")
         raise SystemExit(f"unknown option(s) {' '.join(unknown)}; see `python seq2seq_rnn.py --help`.")
     given = vars(arguments)
     return Config(**given), given

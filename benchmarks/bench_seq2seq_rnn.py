@@ -35,6 +35,12 @@ import seq2seq_rnn  # noqa: E402
 RUNS = {f"{cell}{'+' + attention if attention != 'none' else ''}": ["--cell", cell, "--attention", attention]
         for cell in ("rnn", "gru", "lstm") for attention in ("none", "dot")}
 RUNS["lstm+additive"] = ["--cell", "lstm", "--attention", "additive"]
+# Options of --extra that also decide how dev is scored, so the ensemble's evaluation passes them on.
+SCORING_OPTIONS = ("--beam_size", "--length_penalty", "--max_dev_rows", "--max_output_length", "--data_dir")
+
+
+def scoring_options(extra):
+    return [part for flag, value in zip(extra, extra[1:]) if flag in SCORING_OPTIONS for part in (flag, value)]
 
 
 def run(name, extra, minutes, chunk, results_dir):
@@ -73,14 +79,17 @@ def ensemble_run(option_sets, extra, minutes, results_dir):
     start = time.time()
     processes = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for command in commands]
-    if any(process.wait() != 0 for process in processes):
-        raise SystemExit(f"a training process of {name} failed; run its command by hand to see why: {commands[0]}")
+    failed = [command for process, command in zip(processes, commands) if process.wait() != 0]
+    if failed:
+        raise SystemExit(f"{len(failed)} training process(es) of {name} failed; run this one by hand to see why: "
+                         f"{' '.join(failed[0])}")
     train_wall = (time.time() - start) / 60
-    dev = str(seq2seq_rnn.lexicon_path(seq2seq_rnn.Config(), "dev"))
-    singles = [seq2seq_rnn.main(["--evaluate", dev, "--checkpoint", str(out_dir / "best.pt"), "--heatmaps", "0",
-                                 "--out_dir", str(out_dir)]) for out_dir in out_dirs]
-    metrics = seq2seq_rnn.main(["--evaluate", dev, "--checkpoint", ",".join(str(d / "best.pt") for d in out_dirs),
-                                "--heatmaps", "0", "--out_dir", str(results_dir / "ensemble")])
+    # dev of the checkpoints' own language and data folder, scored as --extra says (beam size, dev rows, ...)
+    scoring = ["--evaluate", "dev", "--heatmaps", "0"] + scoring_options(extra)
+    singles = [seq2seq_rnn.main(scoring + ["--checkpoint", str(out_dir / "best.pt"), "--out_dir", str(out_dir)])
+               for out_dir in out_dirs]
+    metrics = seq2seq_rnn.main(scoring + ["--checkpoint", ",".join(str(d / "best.pt") for d in out_dirs),
+                                          "--out_dir", str(results_dir / "ensemble")])
     logs = [[json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()] for out_dir in out_dirs]
     result = {"run": name, "commands": [" ".join(["python seq2seq_rnn.py"] + c[2:]) for c in commands],
               "train_wall_minutes": train_wall, "epochs": [len(log) for log in logs],

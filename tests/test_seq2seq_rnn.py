@@ -1,11 +1,13 @@
 """Tests for seq2seq_rnn.py: shapes and gradients for every cell, attention and padding, packing, beam search,
 learning a toy mapping, metrics, checkpoints and resuming, bad input, and a smoke run on Hindi Dakshina data."""
 
+import io
 import itertools
 import json
 import random
 import subprocess
 import sys
+import tarfile
 
 import pytest
 import torch
@@ -250,23 +252,27 @@ def test_rescoring_reproduces_the_beam_scores_and_a_single_model_ensemble(input_
     # the teacher-forced score of each beam output is the log-probability the beam search accumulated for it
     torch.testing.assert_close(torch.tensor(log_probs), torch.tensor([p for options in beam for _, p in options]))
     assert lengths == [len(text) + 1 for _, text in pairs]  # every character and <eos>
-    alone = s2s.transliterate(s2s.Ensemble([model]), words, vocabularies, beam_size=3, max_length=20)
+    alone = s2s.transliterate(s2s.Ensemble([model], [vocabularies]), words, vocabularies, beam_size=3, max_length=20)
     assert [[t for t, _ in options] for options in alone] == [[t for t, _ in options] for options in beam]
 
 
 def test_ensemble_ranks_the_proposals_of_all_models_by_their_mean_score():
+    """Each model reads and scores with its own vocabulary: here the second numbers its characters the other way."""
     torch.manual_seed(1)
     first = never_special(s2s.Seq2Seq(tiny_config(cell="gru", attention="dot"), 12, 10))
     second = never_special(s2s.Seq2Seq(tiny_config(cell="lstm", attention="additive", reverse_output=True), 12, 10))
-    vocabularies, words = tiny_vocabularies(), ["abc", "hgfe", "d", "abc"]
-    result = s2s.transliterate(s2s.Ensemble([first, second]), words, vocabularies, beam_size=2, max_length=20,
-                               length_penalty=0.5)
+    first_vocabularies, words = tiny_vocabularies(), ["abc", "hgfe", "d", "abc"]
+    second_vocabularies = {kind: s2s.SPECIAL_TOKENS + characters[len(s2s.SPECIAL_TOKENS):][::-1]
+                           for kind, characters in first_vocabularies.items()}
+    members = [(first, first_vocabularies), (second, second_vocabularies)]
+    ensemble = s2s.Ensemble([first, second], [first_vocabularies, second_vocabularies])
+    result = s2s.transliterate(ensemble, words, None, beam_size=2, max_length=20, length_penalty=0.5)
     assert result[0] == result[3] and all(len(options) == 2 for options in result)
     for word, options in zip(words, result):
-        proposals = {text for model in (first, second)
+        proposals = {text for model, vocabularies in members
                      for text, _ in s2s.transliterate(model, [word], vocabularies, 2, 20, 0.5)[0]}
         pairs = [(word, text) for text in sorted(proposals)]
-        scores = [s2s.output_log_probs(model, pairs, vocabularies) for model in (first, second)]
+        scores = [s2s.output_log_probs(model, pairs, vocabularies) for model, vocabularies in members]
         mean = {text: sum(lp[i] / n[i] ** 0.5 for lp, n in scores) / 2 for i, (_, text) in enumerate(pairs)}
         assert [text for text, _ in options] == sorted(mean, key=mean.get, reverse=True)[:2]
 
@@ -513,15 +519,28 @@ def test_bad_input_gets_one_clear_sentence(tmp_path):
         s2s.main(["--translit", "abc", "--checkpoint", str(damaged)])
     s2s.main(["--data_dir", str(tmp_path / "other"), "--out_dir", str(tmp_path / "out_other"), "--hidden_size", "8",
               "--embedding_size", "4", "--epochs", "1", "--heatmaps", "0"])
-    with pytest.raises(SystemExit, match="an ensemble needs models trained on the same language and direction"):
-        s2s.main(["--translit", "abc", "--checkpoint", f"{checkpoint},{tmp_path / 'out_other' / 'best.pt'}"])
+    # other characters are fine in an ensemble (each model keeps its own), another direction is not
+    assert len(s2s.main(["--translit", "abc", "--checkpoint", f"{checkpoint},{tmp_path / 'out_other' / 'best.pt'}"]))
+    s2s.main(["--data_dir", str(tmp_path / "other"), "--out_dir", str(tmp_path / "out_back"), "--hidden_size", "8",
+              "--embedding_size", "4", "--epochs", "1", "--heatmaps", "0", "--direction", "native2roman"])
+    with pytest.raises(SystemExit, match="transliterates --lang hi native2roman, but .* roman2native; an ensemble"):
+        s2s.main(["--translit", "abc", "--checkpoint", f"{checkpoint},{tmp_path / 'out_back' / 'best.pt'}"])
+    torch.save({"format": "nanoverse-gpt-v1", "model": {}}, tmp_path / "gpt.pt")
+    with pytest.raises(SystemExit, match="is not a checkpoint that seq2seq_rnn.py wrote; pass the best.pt"):
+        s2s.main(["--translit", "abc", "--checkpoint", str(tmp_path / "gpt.pt")])
+    with pytest.raises(SystemExit, match='quote them: --translit "abc fed"'):
+        s2s.main(["--translit", "abc", "fed", "--checkpoint", checkpoint])
     with pytest.raises(SystemExit, match="found no hi.translit.sampled.train.tsv"):
         s2s.main(["--data_dir", str(tmp_path), "--out_dir", str(tmp_path / "new")])
     bad.write_text("\tnamaste\t1\n", encoding="utf-8")
     with pytest.raises(SystemExit, match="line 1 of .*bad.tsv has an empty native column"):
         s2s.main(["--evaluate", str(bad), "--checkpoint", checkpoint])
     bad.write_text("native\troman\tcount\nनमस्ते\tnamaste\t3\n", encoding="utf-8")
-    with pytest.raises(SystemExit, match="line 1 of .*'count' as its count, not a number"):
+    with pytest.raises(SystemExit, match="line 1 of .*'count' as its count, not a whole number; a lexicon has no "
+                                         "header line"):
+        s2s.main(["--evaluate", str(bad), "--checkpoint", checkpoint])
+    bad.write_text("नमस्ते\tnamaste\t3\nएक\tek\tx\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="line 2 of .*'x' as its count, not a whole number; fix or delete it"):
         s2s.main(["--evaluate", str(bad), "--checkpoint", checkpoint])
     bad.write_text("नमस्ते\tnamaste\t3\tx\n", encoding="utf-8")
     with pytest.raises(SystemExit, match="has 4 tab-separated column.*'x'"):
@@ -555,6 +574,36 @@ def test_bad_input_gets_one_clear_sentence(tmp_path):
                              checkpoint, "--beam_size", "0"], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0  # one sentence
+
+
+def test_a_cut_off_download_or_a_damaged_archive_is_named_and_not_kept(tmp_path, monkeypatch):
+    class CutOff(io.BytesIO):  # the server promised 5,000 bytes and closed the connection after 1,000
+        headers = {"Content-Length": "5000"}
+
+    monkeypatch.setattr(s2s.urllib.request, "urlopen", lambda url, timeout: CutOff(b"x" * 1000))
+    cache = tmp_path / "cache"
+    with pytest.raises(SystemExit, match="got 1,000 of 5,000 bytes.*run again"):
+        s2s.download_dakshina("hi", cache)
+    assert list(cache.iterdir()) == []  # neither the fragment nor a file under the archive's name is kept
+    archive = cache / "dakshina_dataset_v1.0.tar"
+    archive.write_bytes(random.Random(0).randbytes(5000))
+    with pytest.raises(SystemExit, match=r"could not read .*\.tar \(ReadError\), so it is damaged or cut short"):
+        s2s.download_dakshina("hi", cache)
+    with tarfile.open(archive, "w") as tar:  # a real tar, but without this language's lexicons
+        tar.addfile(tarfile.TarInfo("dakshina_dataset_v1.0/README.md"), io.BytesIO())
+    with pytest.raises(SystemExit, match="has no hi lexicons, so it is not the Dakshina archive; delete"):
+        s2s.download_dakshina("hi", cache)
+
+
+def test_a_partial_data_folder_names_the_missing_split_instead_of_downloading(tmp_path, monkeypatch):
+    write_lexicons(tmp_path / "mirror" / "dakshina", {"train": [("ab", "BA")], "dev": [("ab", "BA")]})
+    monkeypatch.setenv("NANOVERSE_DATA", str(tmp_path / "mirror"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(s2s, "download_dakshina", lambda *arguments: pytest.fail("must not download"))
+    mirror = tmp_path / "mirror" / "dakshina" / "hi"
+    assert s2s.lexicon_path(s2s.Config(), "dev") == mirror / "hi.translit.sampled.dev.tsv"
+    with pytest.raises(SystemExit, match="has the hi training lexicon but no hi.translit.sampled.test.tsv"):
+        s2s.lexicon_path(s2s.Config(), "test")
 
 
 def test_smoke_run_on_hindi_slice(data_dir, tmp_path):
