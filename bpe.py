@@ -44,7 +44,7 @@ class Config:
     command: str = "train"  # what to do: train | encode | decode | show
     input: str = ""  # training (or encoding) text file; default: Tiny Shakespeare from $NANOVERSE_DATA or downloaded
     vocab_size: int = 512  # final vocabulary size: 256 bytes + merges + special tokens
-    pattern: str = "gpt2"  # pre-tokenizer split: gpt2 | gpt4 | none | any regex
+    pattern: str = "gpt2"  # pre-tokenizer split: gpt2 | gpt4 | none (one chunk: slow, for study) | any regex
     special: tuple = ("<|endoftext|>",)  # special tokens added after the merges (give none for no special tokens)
     out: str = "out/bpe"  # output prefix for train: writes PREFIX.model and PREFIX.vocab
     model: str = "out/bpe.model"  # model file for encode / decode / show, or "gpt2" for GPT-2's own tokenizer
@@ -400,6 +400,7 @@ class Tokenizer:
 
     def decode(self, ids):
         """ids -> text. Bytes that are not valid UTF-8 (a token can end inside a character) become U+FFFD."""
+        ids = ids.tolist() if hasattr(ids, "tolist") else ids  # a torch tensor or numpy array of ids
         try:
             data = b"".join(map(self.vocab.__getitem__, ids))
         except (KeyError, TypeError):
@@ -493,6 +494,8 @@ class Tokenizer:
             number, line = next_line("a special token")
             try:
                 text, token_id = line.rsplit(" ", 1)
+                if not isinstance(json.loads(text), str):
+                    raise ValueError("a special token is a JSON string")
                 special_tokens[json.loads(text)] = int(token_id)
                 special_lines.append((number, line, int(token_id)))
             except (ValueError, TypeError, json.JSONDecodeError):
@@ -691,18 +694,27 @@ def _load_model(name):
 
 def _read_text(path):
     try:
-        return Path(path).read_text(encoding="utf-8-sig")  # -sig: a leading byte order mark is not part of the text
+        text = Path(path).read_text(encoding="utf-8-sig")  # -sig: a leading byte order mark is not part of the text
     except FileNotFoundError:
         raise ValueError(f"input file {path} does not exist: check the path") from None
     except IsADirectoryError:
         raise ValueError(f"input {path} is a folder: give one text file (join several with `cat`)") from None
     except UnicodeDecodeError as error:
         raise ValueError(f"input file {path} is not UTF-8 text (byte {error.start}): convert it to UTF-8") from None
+    if text.count("\x00") > len(text) // 100:  # a token file (train.bin) of small ids is valid UTF-8, but not text
+        raise ValueError(f"input file {path} is full of NUL bytes, so it is binary (a token file?), not text: pass the "
+                         f"text file it was made from")
+    return text
 
 
 def run(config, words):
     """Carry out one command; `words` are the positional arguments (text to encode / show, ids to decode)."""
     if config.command == "train":
+        try:  # find out before training, not after, that the model cannot be written
+            Path(config.out).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"cannot create the folder of --out {config.out} ({error.strerror}): choose a prefix in "
+                             f"a folder you can write to") from None
         text = _read_text(config.input or data_file("tinyshakespeare/input.txt"))
         tokenizer = Tokenizer.train(text, config.vocab_size, config.pattern, config.special, config.verbose)
         tokenizer.save(config.out)
@@ -752,6 +764,9 @@ def main(argv=None):
     comments = _field_comments()
     for item in fields(Config):
         default = getattr(Config(), item.name)
+        if item.name != "command" and default not in ("", ()):
+            comments[item.name] += f" (default: {' '.join(default) if isinstance(default, tuple) else default})"
+        comments[item.name] = comments[item.name].replace("%", "%%")  # argparse formats help strings with %
         if item.name == "command":
             parser.add_argument("command", nargs="?", default=default, choices=["train", "encode", "decode", "show"],
                                 help=comments[item.name])

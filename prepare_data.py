@@ -24,6 +24,7 @@ import codecs
 import csv
 import hashlib
 import inspect
+import io
 import json
 import os
 import random
@@ -203,6 +204,11 @@ def decode_bytes(raw, encoding, name):
     except LookupError:
         raise SystemExit(f"error: unknown --encoding {encoding!r}; use a Python codec name such as utf-8 "
                          f"or latin-1") from None
+    # Small token ids (a train.bin) are valid UTF-8 bytes, so a token file decodes without a warning; but in text
+    # NUL is at most a stray byte (cleansing removes it), never one character in a hundred.
+    if text.count("\x00") > len(text) // 100:
+        raise SystemExit(f"error: {name} is full of NUL bytes, so it is binary (a token file?), not text; pass the "
+                         f"text file it was made from (or --encoding utf-16 if it is UTF-16 text)")
     if replaced:
         print(f"warning: {name} is not valid {encoding}: {replaced} bytes were replaced by U+FFFD "
               f"(pass --encoding if you know the file's encoding, e.g. --encoding latin-1)", file=sys.stderr)
@@ -228,6 +234,9 @@ def documents_from_records(records, name, text_field):
                 if isinstance(value, str):
                     lengths[key] += len(value)
         field = lengths.most_common(1)[0][0] if lengths else None
+    if field is None and text_field:
+        raise SystemExit(f"error: --text_field {text_field} is not a field of {name} (fields: "
+                         f"{', '.join(map(str, keys))}); name one of those")
     if field is None:
         raise SystemExit(f"error: no text field found in {name} (fields: {', '.join(map(str, keys))}); "
                          f"name the one that holds the text with --text_field")
@@ -268,7 +277,8 @@ def read_json(text, name, text_field):
 
 def read_jsonl(text, name, text_field):
     records = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
+    # Split on "\n" only: str.splitlines() also breaks at U+2028, U+0085 and form feeds, which JSON strings may hold.
+    for line_number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -282,7 +292,8 @@ def read_jsonl(text, name, text_field):
 
 def read_csv(text, name, text_field):
     csv.field_size_limit(1 << 30)  # whole poems and songs live in one cell
-    reader = csv.DictReader(text.splitlines(keepends=True), strict=True)  # strict: a stray quote is an error
+    # newline="": the csv module finds the row ends itself (str.splitlines() would also break at U+2028 or U+0085).
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)  # strict: a stray quote is an error
     try:
         records = [dict(row) for row in reader]
     except csv.Error as error:  # line_num counts the lines read before the one that failed
@@ -509,16 +520,18 @@ def print_summary(eda, report, clean):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Tokenizers. Each returns (encode_document, decode, vocab_size, eot_id, extra meta fields).
+# Tokenizers. Each returns (encode_document, decode, vocab_size, eot_id, extra meta fields, save: writes its files).
 
 
-def gpt2_encoding(data_dir=""):
-    """tiktoken's GPT-2 encoding; built from local encoder.json and vocab.bpe when the data folder has them
-    (no network needed), else fetched and cached by tiktoken itself."""
+def gpt2_encoding(data_dir="", cache_dir="data"):
+    """tiktoken's GPT-2 encoding; built from local encoder.json and vocab.bpe when the data folder or the download
+    cache (where bpe.py keeps them) has them (no network needed), else fetched and cached by tiktoken itself."""
     import tiktoken
 
-    folder = Path(data_dir or os.environ.get("NANOVERSE_DATA", "")) / "gpt2"
-    if (folder / "encoder.json").is_file() and (folder / "vocab.bpe").is_file():
+    local = data_dir or os.environ.get("NANOVERSE_DATA", "")
+    folders = ([Path(local) / "gpt2"] if local else []) + [Path(cache_dir) / "gpt2"]
+    folder = next((f for f in folders if (f / "encoder.json").is_file() and (f / "vocab.bpe").is_file()), None)
+    if folder is not None:
         for name, expected in GPT2_FILES_SHA256.items():
             if sha256_of(folder / name) != expected:
                 raise SystemExit(f"error: {folder / name} is not GPT-2's {name} (sha256 mismatch); replace it with "
@@ -532,22 +545,22 @@ def gpt2_encoding(data_dir=""):
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as error:
-        raise SystemExit(f"error: could not load the GPT-2 tokenizer ({error}); connect to the internet once, or set "
-                         f"NANOVERSE_DATA to a folder holding gpt2/encoder.json and gpt2/vocab.bpe") from None
+        raise SystemExit(f"error: could not load the GPT-2 tokenizer ({error}); connect to the internet once, or put "
+                         f"encoder.json and vocab.bpe in {folders[-1]} (or in gpt2/ of --data_dir)") from None
 
 
-def build_tokenizer(config, train_documents, all_text, out_dir):
+def build_tokenizer(config, train_documents, all_text):
     if config.tokenizer == "char":
         # The vocabulary is every character of the whole corpus, sorted, as in nanoGPT's shakespeare_char:
         # a character seen only in validation still gets an id.
         itos = sorted(set(all_text))
         stoi = {char: index for index, char in enumerate(itos)}
         return (lambda text: [stoi[char] for char in text], lambda ids: "".join(itos[i] for i in ids),
-                len(itos), None, {"itos": itos})
+                len(itos), None, {"itos": itos}, lambda out_dir: None)
     if config.tokenizer == "gpt2":
-        encoding = gpt2_encoding(config.data_dir)
+        encoding = gpt2_encoding(config.data_dir, config.cache_dir)
         # encode_ordinary: a literal "<|endoftext|>" typed inside a poem is text, not the separator
-        return encoding.encode_ordinary, encoding.decode, encoding.n_vocab, encoding.eot_token, {}
+        return encoding.encode_ordinary, encoding.decode, encoding.n_vocab, encoding.eot_token, {}, lambda out_dir: None
     import bpe  # only this tokenizer needs bpe.py
 
     # Train on the training split only: merges learned from validation text would leak it into the model.
@@ -557,12 +570,15 @@ def build_tokenizer(config, train_documents, all_text, out_dir):
     except ValueError as error:  # e.g. a training split with no text in it
         raise SystemExit(f"error: cannot train the BPE tokenizer on the training split ({error}); give more text "
                          f"or a smaller --val_fraction") from None
-    tokenizer.save(str(out_dir / "bpe.partial"))  # writes bpe.partial.model (+ .vocab), renamed when complete
-    for suffix in (".model", ".vocab"):
-        if (out_dir / f"bpe.partial{suffix}").exists():
-            os.replace(out_dir / f"bpe.partial{suffix}", out_dir / f"bpe{suffix}")
+
+    def save(out_dir):
+        tokenizer.save(str(out_dir / "bpe.partial"))  # writes bpe.partial.model (+ .vocab), renamed when complete
+        for suffix in (".model", ".vocab"):
+            if (out_dir / f"bpe.partial{suffix}").exists():
+                os.replace(out_dir / f"bpe.partial{suffix}", out_dir / f"bpe{suffix}")
+
     return (tokenizer.encode_ordinary, tokenizer.decode, tokenizer.vocab_size,
-            tokenizer.special_tokens[EOT], {"bpe_model": "bpe.model"})
+            tokenizer.special_tokens[EOT], {"bpe_model": "bpe.model"}, save)
 
 
 def split_documents(texts, config):
@@ -699,24 +715,36 @@ def prepare(config):
     documents, input_sha256 = read_documents(path, config)
     documents, report = cleanse(documents, config)
     texts = [document["text"] for document in documents]
-    # Whatever can still go wrong with this corpus is found before the first file is written: a failed run leaves
-    # the output folder as it was, never a mix of new and old files.
+    # Whatever can still go wrong with this corpus is found before the first file is written, so a run that fails
+    # on it leaves the output folder as it was.
     config.split = config.split or ("contiguous" if len(texts) == 1 else "doc")
     train_texts, val_texts = split_documents(texts, config)
     eda = explore(documents, config.seed, config.samples)
     eda["cleansing"] = report
     print_summary(eda, report, config.clean)
+    if config.eda:
+        try:
+            import matplotlib  # noqa: F401 (eda.png is drawn below; find out now that it cannot be)
+        except ImportError:
+            raise SystemExit("error: drawing eda.png needs matplotlib; pip install matplotlib, or pass --no-eda") \
+                from None
     out_dir = Path(config.out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise SystemExit(f"error: cannot create --out_dir {out_dir} ({error.strerror}); name a folder you can "
                          f"write to") from None
-    encode, decode, vocab_size, eot_id, extra = build_tokenizer(config, train_texts, "\n\n".join(texts), out_dir)
+    encode, decode, vocab_size, eot_id, extra, save_tokenizer = build_tokenizer(config, train_texts,
+                                                                                "\n\n".join(texts))
     dtype = config.dtype if config.dtype != "auto" else ("uint16" if vocab_size <= 1 << 16 else "uint32")
     if vocab_size > np.iinfo(dtype).max + 1:
         raise SystemExit(f"error: a vocabulary of {vocab_size:,} tokens does not fit in {dtype}; use --dtype uint32 "
                          f"(or auto)")
+
+    # From here on files are replaced one by one. meta.json goes first and comes back last, so a run stopped in
+    # between (Ctrl-C, a full disk) leaves a folder that every script refuses ("run prepare_data.py"), never new
+    # token files described by an old meta.json.
+    (out_dir / "meta.json").unlink(missing_ok=True)
 
     write_atomic(out_dir / "cleansed.txt", "\n\n".join(texts).encode())
     jsonl = "".join(json.dumps(document, ensure_ascii=False) + "\n" for document in documents)
@@ -729,6 +757,7 @@ def prepare(config):
         ids = np.array(encode_documents(part, encode, eot_id), dtype=dtype)
         write_atomic(out_dir / f"{name}.bin", ids.tobytes())
         counts[name] = len(ids)
+    save_tokenizer(out_dir)
     meta = {
         "format": "nanoverse-tokens-v1",
         "dataset": config.dataset,

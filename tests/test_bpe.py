@@ -4,6 +4,7 @@ import json
 import os
 import random
 
+import numpy as np
 import pytest
 
 import bpe
@@ -390,6 +391,7 @@ def test_load_accepts_a_byte_order_mark(small_tokenizer, tmp_path):
         (lambda lines: lines.__delitem__(slice(30, None)), "ends early: expected a merge after line 30"),
         (lambda lines: lines.append("1 2 3"), "expected the end of the file"),
         (lambda lines: lines.__setitem__(3, '"<|endoftext|>" 300'), "line 4: expected a special-token id that no"),
+        (lambda lines: lines.__setitem__(3, "5 511"), 'line 4: expected "<special token as JSON>" <id>'),
     ],
 )
 def test_load_corrupt_file_names_the_line(small_tokenizer, tmp_path, damage, message):
@@ -399,6 +401,11 @@ def test_load_corrupt_file_names_the_line(small_tokenizer, tmp_path, damage, mes
     (tmp_path / "tok.model").write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match=message):
         Tokenizer.load(tmp_path / "tok.model")
+
+
+def test_decode_takes_an_array_or_tensor_of_ids(small_tokenizer):
+    ids = small_tokenizer.encode("To be, or not to be")
+    assert small_tokenizer.decode(np.array(ids, dtype=np.uint16)) == "To be, or not to be"  # as read from a .bin
 
 
 def test_load_binary_file(tmp_path):
@@ -442,12 +449,15 @@ def test_cli_train_encode_decode_show(shakespeare, tmp_path, capsys):
         (["train", "--input", "{model}", "--special", ""], "a special token is empty"),
         (["show", "--model", "{vocab}", "hi"], "is the human-readable .vocab listing"),
         (["train", "--input", "{folder}"], "is a folder: give one text file"),
+        (["train", "--input", "{tokens}"], "is full of NUL bytes, so it is binary (a token file?)"),
+        (["train", "--input", "{model}", "--out", "{model}/tok"], "cannot create the folder of --out"),
     ],
 )
 def test_cli_errors_are_one_sentence(small_tokenizer, tmp_path, argv, message):
     small_tokenizer.save(tmp_path / "tok")
+    (tmp_path / "train.bin").write_bytes(np.arange(60, dtype=np.uint16).tobytes() * 100)  # token ids, not text
     names = {"model": str(tmp_path / "tok.model"), "missing": str(tmp_path / "missing.model"),
-             "vocab": str(tmp_path / "tok.vocab"), "folder": str(tmp_path)}
+             "vocab": str(tmp_path / "tok.vocab"), "folder": str(tmp_path), "tokens": str(tmp_path / "train.bin")}
     with pytest.raises(SystemExit) as error:
         bpe.main([word.format(**names) for word in argv])
     text = str(error.value.code)

@@ -283,11 +283,13 @@ def test_main_writes_every_file_and_shows_batches(tmp_path, capsys):
 
 
 def test_bpe_tokenizer_trains_on_the_training_split(tmp_path):
-    if not (ROOT / "bpe.py").exists():
-        pytest.skip("bpe.py is not written yet")
     import bpe
 
-    path = write(tmp_path / "poems.json", json.dumps([{"poem": t} for t in POEMS]))
+    # Each poem repeats a pair of letters that no other poem has ("qb", "qc", ...). At 50 repeats the pair of every
+    # training poem is among the first merges, so had the tokenizer seen validation text, its pairs would be too.
+    markers = ["q" + letter for letter in "bcdfghjklmnprstvwxyz"]
+    poems = [poem + "\n" + " ".join([marker] * 50) for poem, marker in zip(POEMS, markers)]
+    path = write(tmp_path / "poems.json", json.dumps([{"poem": t} for t in poems]))
     meta = pd.prepare(config_for(tmp_path, input=str(path), tokenizer="bpe", vocab_size=300))
     out = tmp_path / "out"
     assert meta["bpe_model"] == "bpe.model" and (out / "bpe.model").exists()
@@ -295,7 +297,11 @@ def test_bpe_tokenizer_trains_on_the_training_split(tmp_path):
     assert tokenizer.vocab_size == meta["vocab_size"] and meta["eot_id"] == tokenizer.special_tokens["<|endoftext|>"]
     val = read_tokens(out, "val", meta).tolist()
     documents = tokenizer.decode(val).split("<|endoftext|>")
-    assert len(documents) == meta["documents"]["val"] and all(d in POEMS for d in documents)
+    assert len(documents) == meta["documents"]["val"] == 2 and all(d in poems for d in documents)
+    in_val = [marker for marker in markers if any(marker in document for document in documents)]
+    learned = [tokenizer.vocab[i] for i in tokenizer.merges.values()]
+    assert len(in_val) == 2 and not any(marker.encode() in token for marker in in_val for token in learned)
+    assert all(any(marker.encode() in token for token in learned) for marker in markers if marker not in in_val)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -310,12 +316,14 @@ def test_bpe_tokenizer_trains_on_the_training_split(tmp_path):
         ("bad.jsonl", '{"poem": "a"}\n{"poem": \n', {}, "line 2 of .*bad.jsonl is not valid JSON"),
         ("bad.csv", 'Title,Poem\nA,"fine"\nB,"stray"quote\n', {}, r"not readable as CSV \(line 3"),
         ("numbers.json", '[{"id": 1, "score": 2}]', {}, "no text field found .* --text_field"),
-        ("named.json", '[{"poem": "some poem text"}]', {"text_field": "lyrics"}, "no text field found"),
+        ("named.json", '[{"poem": "some poem text"}]', {"text_field": "lyrics"}, "--text_field lyrics is not a field of"),
         ("empty.json", '[{"poem": ""}, {"poem": "   "}]', {}, "nothing is left after cleansing"),
         ("one.txt", "just one document", {"split": "doc"}, "needs at least 2 documents"),
         ("one.txt", "just one document", {"encoding": "klingon"}, "unknown --encoding"),
         ("one.txt", "just one document", {"tokenizer": "words"}, "--tokenizer must be char, gpt2 or bpe"),
         (None, None, {"input": ""}, "custom dataset needs --input"),
+        pytest.param("train.bin", np.arange(60, dtype=np.uint16).tobytes() * 100, {}, "full of NUL bytes, so it is "
+                     "binary", id="a token file"),
     ],
 )
 def test_bad_input_gets_one_clear_sentence(tmp_path, file_name, content, overrides, message):
@@ -410,6 +418,57 @@ def test_a_failing_run_writes_nothing(tmp_path, overrides, message):
     with pytest.raises(SystemExit, match=message):
         pd.prepare(config)
     assert [p.name for p in out.iterdir()] == ["meta.json"] and (out / "meta.json").read_text() == "from the last run"
+
+
+def test_without_matplotlib_the_report_is_named_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` meets when it is not installed
+    config = config_for(tmp_path, input=str(write(tmp_path / "poems.json", json.dumps(POEMS))), eda=True)
+    with pytest.raises(SystemExit, match="eda.png needs matplotlib; pip install matplotlib, or pass --no-eda"):
+        pd.prepare(config)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_stopped_while_writing_leaves_no_meta_json(tmp_path, monkeypatch):
+    """meta.json goes first and is written last: an interrupted run never leaves new token files under an old
+    meta.json (here a char run is redone with GPT-2 ids, and stopped while val.bin is written)."""
+    path = write(tmp_path / "poems.json", json.dumps(POEMS))
+    pd.prepare(config_for(tmp_path, input=str(path)))
+    assert (tmp_path / "out" / "meta.json").exists()
+    write_atomic = pd.write_atomic
+
+    def interrupted(target, data):
+        if target.name == "val.bin":
+            raise KeyboardInterrupt
+        write_atomic(target, data)
+
+    monkeypatch.setattr(pd, "write_atomic", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pd.prepare(config_for(tmp_path, input=str(path), tokenizer="bpe", vocab_size=300))
+    assert (tmp_path / "out" / "train.bin").exists() and not (tmp_path / "out" / "meta.json").exists()
+    assert not (tmp_path / "out" / "bpe.model").exists()  # the tokenizer's files come after the token files
+
+
+def test_json_lines_and_csv_keep_unicode_line_separators_inside_a_field():
+    """str.splitlines() also breaks at U+2028, U+0085 and form feed; a JSON string or a CSV cell may hold them."""
+    jsonl = "".join(json.dumps({"poem": text}, ensure_ascii=False) + "\n" for text in ("one\u2028two", "three\x85"))
+    assert [d["text"] for d in pd.read_jsonl(jsonl, "p.jsonl", "")] == ["one\u2028two", "three\x85"]
+    csv_text = 'Title,Poem\nWait\x85 what,"a poem\nof two lines"\nPage\u2028two,"another"\n'
+    documents = pd.read_csv(csv_text, "p.csv", "")
+    assert [d["text"] for d in documents] == ["a poem\nof two lines", "another"]  # two rows, not four
+    assert documents[0]["title"].startswith("Wait") and documents[1]["title"].endswith("two")
+
+
+def test_gpt2_files_in_the_download_cache_need_no_network(data_dir, gpt2_encoding, tmp_path, monkeypatch):
+    """bpe.py caches GPT-2's two files under data/gpt2; prepare_data.py finds them there too."""
+    import tiktoken
+
+    for name in ("encoder.json", "vocab.bpe"):
+        write(tmp_path / "data" / "gpt2" / name, (data_dir / "gpt2" / name).read_bytes())
+    monkeypatch.delenv("NANOVERSE_DATA")
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: pytest.fail("must not fetch"))
+    encoding = pd.gpt2_encoding("", str(tmp_path / "data"))
+    assert encoding.encode_ordinary("Hello world! <|endoftext|>") == \
+        gpt2_encoding.encode_ordinary("Hello world! <|endoftext|>")
 
 
 @pytest.mark.parametrize("argv", [["--vocabsize", "512"], ["--vocab", "512"], ["-f", "a.json", "--seeds", "3"]])
