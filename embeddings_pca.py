@@ -57,7 +57,7 @@ class Config:
     svd: str = "auto"  # exact | randomized | auto (exact when words or columns <= 1,000: a full SVD costs O(n^3))
     svd_iters: int = 6  # power iterations of the randomized SVD (more = closer to exact)
     # pictures and evaluation
-    plot_words: str = "king,queen,man,woman,apple,orange,love,heart,night,day,sun,moon"  # words drawn in 2-D
+    plot_words: str = "king,queen,man,woman,father,mother,love,heart,night,day,war,peace"  # words drawn in 2-D
     neighbours_of: str = "king,love,night,heart"  # words whose nearest neighbours are printed
     top_k: int = 8  # how many nearest neighbours to print
     eval_dir: str = ""  # folder with wordsim353/, SimLex-999/, MEN/, analogy/ ('' = the data mirror or a download)
@@ -396,7 +396,7 @@ def gpt2_encoding():
 
 
 def open_gpt_checkpoint(path):
-    """A gpt.py model's token embedding (wte) and the encode function of the tokenizer it was trained with."""
+    """A gpt.py (or finetune_gpt2.py) model's token embedding (wte) and the encode function of its tokenizer."""
     path = Path(path)
     if not path.is_file():
         raise SystemExit(f"--gpt_checkpoint {path}: no such file; pass a checkpoint that gpt.py wrote.")
@@ -412,6 +412,8 @@ def open_gpt_checkpoint(path):
     if wte is None:
         raise SystemExit(f"--gpt_checkpoint {path} has no transformer.wte.weight; pass a checkpoint that gpt.py wrote.")
     meta = checkpoint.get("meta") or {}
+    if checkpoint.get("format") == "nanoverse-finetune-gpt2-v1":  # finetune_gpt2.py: always GPT-2's tokenizer
+        meta = {"tokenizer": "gpt2"}
     if not meta:  # older checkpoints point at their data folder instead
         config = checkpoint.get("config") or {}
         for folder in (config.get("data_dir"), path.parent):
@@ -641,14 +643,21 @@ def run(cfg, log=print):
     """Build, reduce, draw and evaluate; returns the table rows."""
     if cfg.window < 1:
         raise SystemExit("--window must be at least 1 (the number of words on each side that count as context).")
-    if cfg.dim < 2 or cfg.min_count < 1 or cfg.max_vocab < 3:
-        raise SystemExit("--dim must be at least 2, --min_count at least 1 and --max_vocab at least 3.")
+    smallest = {"dim": 2, "min_count": 1, "max_vocab": 3, "top_k": 1, "svd_iters": 0, "max_sentences": 0}
+    for flag, least in smallest.items():
+        if getattr(cfg, flag) < least:
+            raise SystemExit(f"--{flag} must be at least {least}, not {getattr(cfg, flag)}.")
     if cfg.weighting not in ("raw", "log", "rownorm", "ppmi") or cfg.svd not in ("auto", "exact", "randomized"):
         raise SystemExit("--weighting must be raw, log, rownorm or ppmi, and --svd auto, exact or randomized.")
     if cfg.alpha <= 0:
         raise SystemExit("--alpha must be positive (0.75 smooths the context distribution, 1 is plain PPMI).")
     device = pick_device(cfg.device)
     out_dir = Path(cfg.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SystemExit(f"--out_dir {out_dir} is a file; name a folder for the picture and the tables.")
+    if cfg.eval_dir and not Path(cfg.eval_dir).is_dir():
+        raise SystemExit(f"--eval_dir {cfg.eval_dir} is not a folder; pass the folder that holds the word-similarity "
+                         f"sets (wordsim353/, SimLex-999/, MEN/, analogy/), or leave it out.")
     # The comparison files are checked before the slow part, so a wrong path costs seconds, not minutes.
     pretrained = cfg.pretrained
     if pretrained == "auto":

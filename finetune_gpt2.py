@@ -61,7 +61,7 @@ class Config:
     epochs: int = 1  # passes over the training windows
     max_steps: int = -1  # train exactly this many optimizer steps, however many epochs that is; -1: --epochs decides
     batch_size: int = 4  # windows per micro-batch
-    grad_accum_steps: int = 1  # micro-batches summed into one optimizer step
+    grad_accum_steps: int = 1  # micro-batches averaged into one optimizer step
     learning_rate: float = 5e-5  # peak learning rate; fine-tuning wants a small one so GPT-2 keeps what it knows
     warmup_steps: int = 10  # steps of linear warmup up to learning_rate (the first at lr / warmup), then decay to 0
     weight_decay: float = 0.01  # AdamW decoupled weight decay on matrices
@@ -736,6 +736,9 @@ def split_passages(passages, val_fraction, seed):
     train_ids = [i for i in range(len(passages)) if i not in val_ids]
     train_texts = {passages[i][0] for i in train_ids}
     val_ids = [i for i in sorted(val_ids) if passages[i][0] not in train_texts]
+    if not val_ids:
+        raise SystemExit("every validation passage is also in the training text (the input repeats itself), so "
+                         "nothing is left to validate on: give more varied text")
 
     def side(ids):
         chosen = set(ids)
@@ -750,8 +753,13 @@ PREPARE = "`python prepare_data.py lyrics --tokenizer gpt2 --input DIR` (or your
 def check_data_source(config):
     """An --input or --data_dir the user named must exist and be what it claims: never train on something else."""
     if config.input:
-        if not Path(config.input).exists():
+        path = Path(config.input)
+        if not path.exists():
             raise SystemExit(f"--input {config.input} does not exist: point it at a .txt file or a folder of them")
+        if path.is_dir() and not any(path.glob("*.txt")):
+            raise SystemExit(f"--input {config.input} holds no .txt files: point it at your text")
+        if path.is_file() and path.stat().st_size == 0:
+            raise SystemExit(f"--input {config.input} is empty: point it at your text")
     elif config.data_dir != Config.data_dir:
         data_dir = Path(config.data_dir)
         if not data_dir.is_dir():
@@ -1023,7 +1031,7 @@ def distinct_n(texts, n):
     """Distinct n-grams divided by all n-grams over the texts (Li et al. 2016 divide by the tokens instead; dividing
     by the n-grams makes 1.0, never repeating itself, the top for every n)."""
     grams = [gram for text in texts for gram in ngram_counts(tokenize_13a(text), n).elements()]
-    return len(set(grams)) / len(grams) if grams else 0.0
+    return len(set(grams)) / len(grams) if grams else math.nan  # no n-grams at all: nothing to measure, not 0
 
 
 def bleu_passages(documents, config):
@@ -1410,14 +1418,15 @@ def parse_config(argv=None):
         comments = {}
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0], allow_abbrev=False)  # no guesses
     for field in dataclasses.fields(Config):
+        default = "auto" if field.default is None else field.default  # None: chosen for the device
         # No defaults in the parser: what comes back is exactly what was typed (a resumed run keeps its own
         # settings for the rest); the help still shows the defaults.
         if field.type is bool:
             parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=f"{comments.get(field.name, '')} (default: {field.default})")
+                                help=f"{comments.get(field.name, '')} (default: {default})")
         else:
             parser.add_argument(f"--{field.name}", type=field.type, default=argparse.SUPPRESS,
-                                help=f"{comments.get(field.name, '')} (default: {field.default})")
+                                help=f"{comments.get(field.name, '')} (default: {default})")
     given = vars(parser.parse_args(argv))
     config = Config(**given)
     check_config(config)
@@ -1547,7 +1556,8 @@ def run(config, given=frozenset()):
     saved = None  # the settings of the run being resumed
     if resuming and (out_dir / "ckpt.pt").is_file():
         saved = read_torch_checkpoint(out_dir / "ckpt.pt", "start a fresh run with another --out_dir")
-        saved = saved.get("config") if isinstance(saved, dict) and isinstance(saved.get("config"), dict) else None
+        own = isinstance(saved, dict) and saved.get("format") == CHECKPOINT_FORMAT  # else refused, with reasons, below
+        saved = saved.get("config") if own and isinstance(saved.get("config"), dict) else None
         if saved is not None and config.mode != "generate":
             resume_settings(config, saved, given)
     # Everything that can be refused is refused here, before a model is downloaded or a step is trained.
@@ -1570,11 +1580,11 @@ def run(config, given=frozenset()):
 
     def log(record, line):
         nonlocal log_mode
-        if rank == 0:
-            tqdm.write(line)
+        if rank == 0:  # the file first: a Ctrl-C between the two then loses a line on screen, never a record
             with open(out_dir / "log.jsonl", log_mode) as f:
                 f.write(json.dumps(record) + "\n")
             log_mode = "a"
+            tqdm.write(line)
 
     encoding = load_tokenizer()
     resume = None
@@ -1648,8 +1658,9 @@ def run(config, given=frozenset()):
         scores = {"val loss": f"{val_loss:.4f}", "val perplexity": f"{math.exp(val_loss):.2f}"}
         if pairs:
             bleu, distinct_1, distinct_2, _ = evaluate_generation(model, encoding, pairs, config, device)
-            scores |= {f"BLEU ({len(pairs)} passages)": f"{bleu:.2f}", "distinct-1": f"{distinct_1:.3f}",
-                       "distinct-2": f"{distinct_2:.3f}"}
+            scores |= {f"BLEU ({len(pairs)} passages)": f"{bleu:.2f}"}
+            for n, value in ((1, distinct_1), (2, distinct_2)):  # "-" when the continuations hold no n-grams
+                scores[f"distinct-{n}"] = "-" if math.isnan(value) else f"{value:.3f}"
         log({"eval": label} | scores, f"{label}: " + ", ".join(f"{k} {v}" for k, v in scores.items()))
         return scores
 

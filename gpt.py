@@ -13,7 +13,8 @@ Run:
     torchrun --standalone --nproc_per_node=8 gpt.py --preset gpt2 --dataset shakespeare --out_dir out-gpt2  # DDP
     Colab: upload gpt.py and prepare_data.py, then  !python prepare_data.py shakespeare_char && python gpt.py
 
-A --preset sets the model's shape only: the training flags keep their defaults unless you set them.
+A --preset sets the model's shape (and "shakespeare" its dropout, 0.2) only: the training flags keep their
+defaults unless you set them.
 """
 
 import argparse
@@ -90,8 +91,8 @@ class Config:
 
 # Model shapes. "cpu" is nanoGPT's 0.8M-parameter laptop model, "shakespeare" its 6-block character model, "gpt2" is
 # GPT-2 small (124M with the 50257-token vocabulary) and "gpt-small" a deeper ~150M variant of it (16 blocks).
-# A preset sets only these fields: the training flags (learning rate, batch size, steps) keep their defaults unless
-# you set them.
+# A preset sets only these fields (the shape, and dropout for "shakespeare"): the training flags (learning rate,
+# batch size, steps) keep their defaults unless you set them.
 PRESETS = {
     "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
     "shakespeare": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2),
@@ -370,17 +371,26 @@ def load_dataset(config):
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise SystemExit(f"{meta_path} is not valid JSON ({error}): {hint}")
-    if meta.get("format") != "nanoverse-tokens-v1" or meta.get("dtype") not in ("uint16", "uint32"):
-        raise SystemExit(f"{meta_path} is not a nanoverse-tokens-v1 file with dtype uint16/uint32: {hint}")
+    if (not isinstance(meta, dict) or meta.get("format") != "nanoverse-tokens-v1"
+            or meta.get("dtype") not in ("uint16", "uint32") or not isinstance(meta.get("vocab_size"), int)):
+        raise SystemExit(f"{meta_path} is not a nanoverse-tokens-v1 file with dtype uint16/uint32 and a vocab_size: "
+                         f"{hint}")
     splits = {}
     for split in ("train", "val"):
         path = data_dir / f"{split}.bin"
         if not path.is_file():
             raise SystemExit(f"{path} is missing: {hint}")
+        if path.stat().st_size % np.dtype(meta["dtype"]).itemsize:
+            raise SystemExit(f"{path} is not a whole number of {meta['dtype']} tokens (cut short?): {hint}")
         tokens = np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
         if len(tokens) <= config.block_size + 1:
             raise SystemExit(f"{path} holds {len(tokens)} tokens, too few for block_size {config.block_size}: "
                              f"use a smaller --block_size or more text")
+        # One pass over the file (seconds even for GBs): an id past the vocabulary would otherwise stop training
+        # with an index error deep inside the embedding.
+        if int(tokens.max()) >= meta["vocab_size"]:
+            raise SystemExit(f"{path} holds token id {int(tokens.max())} but meta.json's vocabulary has "
+                             f"{meta['vocab_size']} ids, so the files come from different runs: {hint}")
         splits[split] = tokens
     return splits["train"], splits["val"], meta, data_dir
 
@@ -953,7 +963,8 @@ def parse_args(argv=None):
                                      allow_abbrev=False)  # a misspelled flag is an error, never a guess
     helps = field_help()
     for field in dataclasses.fields(Config):
-        help_text = f"{helps.get(field.name, '')} (default: {field.default!r})"
+        default = "auto" if field.default is None else repr(field.default)  # None: chosen for the device
+        help_text = f"{helps.get(field.name, '')} (default: {default})"
         if field.type is bool:
             parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=help_text)

@@ -221,6 +221,22 @@ def test_bad_input_is_named(tmp_path):
         ep.main(["--input", str(tmp_path / "missing.txt")])
     with pytest.raises(SystemExit):  # a typo is an error, not silently ignored
         ep.main(["--windw", "3"])
+    for flags, named in ((["--top_k", "-1"], "--top_k must be at least 1, not -1"),
+                         (["--min_count", "0"], "--min_count must be at least 1, not 0"),
+                         (["--svd_iters", "-3"], "--svd_iters must be at least 0"),
+                         (["--out_dir", str(empty)], "is a file; name a folder"),
+                         (["--eval_dir", str(tmp_path / "nothere")], "--eval_dir .*nothere is not a folder")):
+        with pytest.raises(SystemExit, match=named):
+            ep.main(["--input", str(empty), *flags])
+
+
+def test_a_finetune_gpt2_checkpoint_uses_gpt2_tokens(tmp_path, gpt2_encoding):
+    wte = torch.randn(50257, 8)
+    torch.save({"format": "nanoverse-finetune-gpt2-v1", "model": {"transformer.wte.weight": wte}},
+               tmp_path / "ckpt.pt")
+    wv = ep.gpt_vectors(tmp_path / "ckpt.pt", *ep.open_gpt_checkpoint(tmp_path / "ckpt.pt"), ["king"])
+    (king_id,) = gpt2_encoding.encode_ordinary(" king")
+    assert wv.words == ["king"] and np.array_equal(wv.vectors[0], wte[king_id].numpy())
 
 
 def test_a_shortened_flag_is_an_error_not_a_guess(capsys):

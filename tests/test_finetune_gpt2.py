@@ -7,6 +7,7 @@ real ones, then read by the hand-written loader.
 import ast
 import http.server
 import json
+import math
 import re
 import threading
 from pathlib import Path
@@ -295,6 +296,7 @@ def test_distinct_n():
     assert ft.distinct_n(["a b a b"], 1) == pytest.approx(2 / 4)
     assert ft.distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
     assert ft.distinct_n(["a b", "c d"], 2) == 1.0
+    assert math.isnan(ft.distinct_n(["", "one"], 2))  # no bigram anywhere: nothing to measure, not "all repeats"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -646,6 +648,24 @@ def test_devices_that_are_not_there_are_named():
 
 def test_mistakes_are_refused_before_any_work(small_run, tmp_path, capsys):
     (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "no_text").mkdir()
+    (tmp_path / "empty.txt").write_text("")
+    for flags, message in ((["--input", str(tmp_path / "no_text")], "holds no .txt files"),
+                           (["--input", str(tmp_path / "empty.txt")], "is empty")):
+        with pytest.raises(SystemExit) as error:
+            ft.main(small_run + ["--out_dir", str(tmp_path / "out")] + flags)
+        assert message in one_sentence(error) and "model:" not in capsys.readouterr().out  # no model was loaded
+    same = tmp_path / "same.txt"
+    same.write_text("\n\n".join(["the same verse, sung again and again"] * 40))
+    with pytest.raises(SystemExit) as error:
+        ft.main(small_run + ["--out_dir", str(tmp_path / "out"), "--input", str(same)])
+    assert "every validation passage is also in the training text" in one_sentence(error)
+    (tmp_path / "gpt_run").mkdir()  # a gpt.py checkpoint where a fine-tuning run is to be resumed
+    torch.save({"format": ft.GPT_PY_FORMAT, "config": {"learning_rate": 0.005}}, tmp_path / "gpt_run" / "ckpt.pt")
+    with pytest.raises(SystemExit) as error:
+        ft.main(small_run + ["--out_dir", str(tmp_path / "gpt_run"), "--init_from", "resume"])
+    assert "is a gpt.py checkpoint, not a fine-tuning run to resume" in one_sentence(error)
+    assert "resuming with the run's own settings" not in capsys.readouterr().out
     cases = [
         (["--freeze_layers", "3"], "--freeze_layers 3 is more than the model's 2 blocks: use a number from 0 to 2"),
         (["--save_hf", str(tmp_path / "a_file")], "is a file, not a folder"),

@@ -461,6 +461,26 @@ def test_bad_inputs_are_named(tmp_path):
     assert error.value.code == 2  # argparse's usage error, not some later failure
 
 
+@pytest.mark.parametrize("script", ["gpt", "gpt_rope"])
+def test_damaged_token_files_are_named_before_training(tmp_path, script):
+    """Files cut short, ids past the vocabulary, a meta.json of the wrong shape: one sentence each, not an error from
+    numpy or inside the embedding."""
+    main = __import__(script).main
+    for name, damage, named in (
+            ("cut", lambda d: (d / "train.bin").write_bytes((d / "train.bin").read_bytes()[:-1]),
+             "train.bin is not a whole number of uint16 tokens"),
+            ("ids", lambda d: np.append(np.fromfile(d / "val.bin", np.uint16), np.uint16(300)).tofile(d / "val.bin"),
+             "val.bin holds token id 300 but meta.json's vocabulary has"),
+            ("list", lambda d: (d / "meta.json").write_text("[1, 2]"), "is not a nanoverse-tokens-v1 file"),
+            ("size", lambda d: (d / "meta.json").write_text(json.dumps({"format": "nanoverse-tokens-v1",
+                                                                          "dtype": "uint16"})), "and a vocab_size")):
+        data = write_char_dataset(tmp_path / name)
+        damage(data)
+        with pytest.raises(SystemExit, match=named):
+            main(["--data_dir", str(data), "--out_dir", str(tmp_path / f"out-{name}"), *TINY_FLAGS, "--max_iters", "1"])
+        assert not (tmp_path / f"out-{name}").exists()
+
+
 def test_prompt_with_unknown_characters_is_named(tmp_path):
     data = write_char_dataset(tmp_path / "data")
     out = tmp_path / "out"
