@@ -534,7 +534,7 @@ def rng_states(batch_generator):
 
 
 def save_checkpoint(path, model, optimizer, scaler, config, meta, data_dir, step, best_val_loss,
-                    evals_without_improvement, rng):
+                    evals_without_improvement, rng, eval_due=False):
     """Everything needed to continue exactly: weights of the plain (uncompiled, unwrapped) module, optimizer moments,
     counters and random states. Written to a temporary file and renamed, so a crash never leaves half a file."""
     checkpoint = {
@@ -549,6 +549,7 @@ def save_checkpoint(path, model, optimizer, scaler, config, meta, data_dir, step
         "best_val_loss": best_val_loss,
         "evals_without_improvement": evals_without_improvement,
         "rng": rng,
+        "eval_due": eval_due,  # the evaluation of this step was interrupted: the resumed run does it first
     }
     temporary = path.with_name(path.name + ".tmp")
     torch.save(checkpoint, temporary)
@@ -629,13 +630,13 @@ def train(config):
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # fp16 gradients underflow without it
     batch_generator = torch.Generator().manual_seed(config.seed + rank)  # each process draws its own batches
-    step, best_val_loss, evals_without_improvement = 0, float("inf"), 0
+    step, best_val_loss, evals_without_improvement, eval_due = 0, float("inf"), 0, False
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint["scaler"])
         step, best_val_loss = checkpoint["step"], checkpoint["best_val_loss"]
-        evals_without_improvement = checkpoint["evals_without_improvement"]
+        evals_without_improvement, eval_due = checkpoint["evals_without_improvement"], checkpoint.get("eval_due", False)
         torch.set_rng_state(checkpoint["rng"]["torch"])
         batch_generator.set_state(checkpoint["rng"]["batches"])
         if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
@@ -664,7 +665,7 @@ def train(config):
     if master and checkpoint is not None:
         print(f"resuming {checkpoint_path} at step {step} on {data_dir}; the model keeps its shape ("
               + ", ".join(f"{field} {getattr(config, field)}" for field in MODEL_SHAPE_FIELDS) + ")")
-        if step >= config.max_iters:
+        if step >= config.max_iters and not eval_due:
             print(f"already at step {step} of --max_iters {config.max_iters}: raise --max_iters to train further, "
                   f"with --lr_decay_iters {step} to stay at min_lr (without it the cosine decay stretches to the new "
                   f"--max_iters and the learning rate rises again)")
@@ -680,52 +681,54 @@ def train(config):
     resume_rng = rng_states(batch_generator)
     progress = tqdm(total=config.max_iters, initial=step, disable=not master, dynamic_ncols=True, leave=False)
     try:
-        while step < config.max_iters and not stop:
-            resume_rng = rng_states(batch_generator)  # what a checkpoint needs to replay this step if interrupted
-            lr = learning_rate_at(step, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            for micro_step in range(config.grad_accum_steps):
-                x, y = get_batch(train_tokens, config.batch_size, config.block_size, batch_generator, device)
-                if ddp:  # average gradients across processes only once, after the last micro-batch
-                    model.require_backward_grad_sync = micro_step == config.grad_accum_steps - 1
-                with autocast:
-                    _, loss, _ = model(x, y)
-                loss = loss / config.grad_accum_steps  # the step's gradient is the mean over its micro-batches
-                scaler.scale(loss).backward()
-                interval_loss += loss.detach()
-            if config.grad_clip > 0:  # one oversized gradient should not wreck the weights
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            resume_rng = rng_states(batch_generator)  # the step is done: a Ctrl-C from here on resumes after it
-            interval_steps += 1
-            progress.update(1)
+        while (step < config.max_iters or eval_due) and not stop:
+            if not eval_due:  # (when it is, a Ctrl-C stopped this step's evaluation: that comes first)
+                resume_rng = rng_states(batch_generator)  # what a checkpoint needs to replay this step if interrupted
+                lr = learning_rate_at(step, config)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                for micro_step in range(config.grad_accum_steps):
+                    x, y = get_batch(train_tokens, config.batch_size, config.block_size, batch_generator, device)
+                    if ddp:  # average gradients across processes only once, after the last micro-batch
+                        model.require_backward_grad_sync = micro_step == config.grad_accum_steps - 1
+                    with autocast:
+                        _, loss, _ = model(x, y)
+                    loss = loss / config.grad_accum_steps  # the step's gradient is the mean over its micro-batches
+                    scaler.scale(loss).backward()
+                    interval_loss += loss.detach()
+                if config.grad_clip > 0:  # one oversized gradient should not wreck the weights
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                resume_rng = rng_states(batch_generator)  # the step is done: a Ctrl-C from here on resumes after it
+                interval_steps += 1
+                progress.update(1)
 
-            if step % config.log_interval == 0 or step == config.max_iters:
-                train_loss = interval_loss.item() / interval_steps  # .item() waits for the GPU, so time after it
-                seconds_per_step = (time.time() - interval_start) / interval_steps
-                record = {"step": step, "loss": round(train_loss, 5), "lr": lr,
-                          "ms_per_step": round(1000 * seconds_per_step, 2),
-                          "tokens_per_sec": round(tokens_per_step / seconds_per_step)}
-                line = (f"step {step:5d} | loss {train_loss:.4f} | lr {lr:.2e} | {1000 * seconds_per_step:7.1f} ms/step"
-                        f" | {tokens_per_step / seconds_per_step:9,.0f} tok/s")
-                if peak_flops:
-                    record["mfu"] = flops_per_token(raw_model, config) * tokens_per_step / seconds_per_step / \
-                        (peak_flops * world_size)
-                    line += f" | MFU {100 * record['mfu']:.1f}%"
-                if master:
-                    progress.write(line)
-                    log_file.write(json.dumps(record) + "\n")
-                    log_file.flush()
-                interval_loss.zero_()
-                interval_steps, interval_start = 0, time.time()
+                if step % config.log_interval == 0 or step == config.max_iters:
+                    train_loss = interval_loss.item() / interval_steps  # .item() waits for the GPU, so time after it
+                    seconds_per_step = (time.time() - interval_start) / interval_steps
+                    record = {"step": step, "loss": round(train_loss, 5), "lr": lr,
+                              "ms_per_step": round(1000 * seconds_per_step, 2),
+                              "tokens_per_sec": round(tokens_per_step / seconds_per_step)}
+                    line = (f"step {step:5d} | loss {train_loss:.4f} | lr {lr:.2e} | {1000 * seconds_per_step:7.1f} "
+                            f"ms/step | {tokens_per_step / seconds_per_step:9,.0f} tok/s")
+                    if peak_flops:
+                        record["mfu"] = flops_per_token(raw_model, config) * tokens_per_step / seconds_per_step / \
+                            (peak_flops * world_size)
+                        line += f" | MFU {100 * record['mfu']:.1f}%"
+                    if master:
+                        progress.write(line)
+                        log_file.write(json.dumps(record) + "\n")
+                        log_file.flush()
+                    interval_loss.zero_()
+                    interval_steps, interval_start = 0, time.time()
+                eval_due = step % config.eval_interval == 0 or step == config.max_iters
 
             paused = time.time()  # evaluation and samples are not training time: the interval's clock skips them
-            if step % config.eval_interval == 0 or step == config.max_iters:
+            if eval_due:
                 val_loss = evaluate(eval_model, val_tokens, config, device, autocast, step == config.max_iters, rank,
                                     world_size)
                 if val_loss < best_val_loss:
@@ -746,6 +749,7 @@ def train(config):
                     log_file.flush()
                     save_checkpoint(checkpoint_path, raw_model, optimizer, scaler, config, meta, data_dir, step,
                                     best_val_loss, evals_without_improvement, rng_states(batch_generator))
+                eval_due = False
                 if stop and master:
                     progress.write(f"early stop: no better val loss in {config.patience} evaluations "
                                    f"(best {best_val_loss:.4f})")
@@ -757,7 +761,7 @@ def train(config):
         if master:
             optimizer.zero_grad(set_to_none=True)
             save_checkpoint(checkpoint_path, raw_model, optimizer, scaler, config, meta, data_dir, step,
-                            best_val_loss, evals_without_improvement, resume_rng)
+                            best_val_loss, evals_without_improvement, resume_rng, eval_due)
             print(f"\ninterrupted at step {step}: saved {checkpoint_path}; continue with --init_from resume")
         stop = True
     progress.close()

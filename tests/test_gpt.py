@@ -320,6 +320,23 @@ def test_ctrl_c_during_an_evaluation_resumes_exactly(tmp_path, monkeypatch):
     straight = [r["loss"] for r in read_log(tmp_path / "straight") if "loss" in r]
     split = [r["loss"] for r in read_log(tmp_path / "split") if "loss" in r]
     assert len(straight) == 8 and split == straight  # step 5 draws step 5's batches, not step 4's again
+    # the interrupted evaluation of step 4 is done first on resume: the same validation records as the unbroken run
+    assert [(r["step"], r["val_loss"]) for r in read_log(tmp_path / "split") if "val_loss" in r] == \
+        [(r["step"], r["val_loss"]) for r in read_log(tmp_path / "straight") if "val_loss" in r]
+    calls = []
+
+    def interrupted_last(*args, **kwargs):  # Ctrl-C in the final, whole-split evaluation (after step 8)
+        calls.append(1)
+        if len(calls) == 2:
+            monkeypatch.setattr(gpt, "evaluate", evaluate)
+            raise KeyboardInterrupt
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(gpt, "evaluate", interrupted_last)
+    assert gpt.main([*common, "--out_dir", str(tmp_path / "last")])["step"] == 8
+    assert gpt.main([*common, "--out_dir", str(tmp_path / "last"), "--init_from", "resume"])["step"] == 8
+    assert [(r["step"], r["val_loss"]) for r in read_log(tmp_path / "last") if "val_loss" in r] == \
+        [(r["step"], r["val_loss"]) for r in read_log(tmp_path / "straight") if "val_loss" in r]
 
 
 def test_a_resume_after_a_crash_logs_each_step_once(tmp_path, monkeypatch):
