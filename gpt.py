@@ -504,7 +504,9 @@ def pick_dtype(name, device):
 
 
 # Peak dense bf16 tensor-core FLOP/s, to report model FLOPs utilisation (MFU; Chowdhery et al. 2022, appendix B).
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
+# The first name found in the GPU's name counts, so the PCIe H100 (lower clocks, fewer units) comes before the SXM.
+PEAK_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12,
+              "4090": 165e12}
 
 
 def peak_flops_of(gpu_name):

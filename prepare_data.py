@@ -172,6 +172,9 @@ def locate_input(config):
         if not path.exists():
             raise SystemExit(f"error: --input {config.input} does not exist; pass an existing file or folder")
         return path, str(path)
+    if config.data_dir and not Path(config.data_dir).is_dir():
+        raise SystemExit(f"error: --data_dir {config.data_dir} is not a folder; name the folder that holds the data "
+                         f"(laid out like the mirror), or leave it out")
     data_dir = config.data_dir or os.environ.get("NANOVERSE_DATA", "")
     if data_dir and "mirror" in spec and (Path(data_dir) / spec["mirror"]).exists():
         path = Path(data_dir) / spec["mirror"]
@@ -491,7 +494,8 @@ def plot_eda(eda, documents, path):
         top = counts.most_common(30)
         axes[1, 1].bar([char for char, _ in top], [count for _, count in top], color="tab:purple")
         axes[1, 1].set(title="most frequent characters", ylabel="count")
-    figure.suptitle(f"{eda['documents']:,} documents, {eda['words']:,} words, {eda['characters']:,} characters")
+    documents_label = "1 document" if eda["documents"] == 1 else f"{eda['documents']:,} documents"
+    figure.suptitle(f"{documents_label}, {eda['words']:,} words, {eda['characters']:,} characters")
     figure.tight_layout()
     temporary = path.with_name(path.stem + ".tmp.png")
     figure.savefig(temporary, dpi=80)
@@ -504,8 +508,9 @@ def print_summary(eda, report, clean):
           f"characters {eda['characters']:,} | word vocabulary {eda['word_vocabulary']:,} | "
           f"character vocabulary {eda['character_vocabulary']:,} | non-ASCII {eda['non_ascii_share']:.2%}")
     words = eda["words_per_document"]
-    print(f"words per document: median {words['p50']:,.0f}, 5%-95% {words['p5']:,.0f}-{words['p95']:,.0f}, "
-          f"max {words['max']:,.0f}")
+    if eda["documents"] > 1:  # (one text has no spread of lengths to show)
+        print(f"words per document: median {words['p50']:,.0f}, 5%-95% {words['p5']:,.0f}-{words['p95']:,.0f}, "
+              f"max {words['max']:,.0f}")
     print("top words without stopwords: " + ", ".join(w for w, _ in eda["top_words_without_stopwords"][:12]))
     if eda["documents_per_author"]:
         print(f"{eda['authors']} authors; most documents: "
@@ -605,6 +610,9 @@ def split_documents(texts, config):
     order = list(range(len(texts)))
     random.Random(config.seed).shuffle(order)
     n_val = min(max(1, round(len(texts) * config.val_fraction)), len(texts) - 1)
+    if abs(n_val / len(texts) - config.val_fraction) > 0.05:  # few documents: whole ones cannot hit the share
+        print(f"note: {n_val} of {len(texts)} documents go to validation ({n_val / len(texts):.0%}, not the "
+              f"{config.val_fraction:.0%} of --val_fraction): with so few documents, consider --split contiguous")
     return [texts[i] for i in sorted(order[n_val:])], [texts[i] for i in sorted(order[:n_val])]
 
 

@@ -158,6 +158,7 @@ def test_top_p_keeps_the_smallest_set_that_reaches_it():
 def test_peak_flops_match_the_gpu_name_as_a_whole_word():
     assert gpt.peak_flops_of("NVIDIA L4") == gpt.PEAK_FLOPS["L4"]
     assert gpt.peak_flops_of("NVIDIA A100-SXM4-80GB") == gpt.PEAK_FLOPS["A100"]
+    assert gpt.peak_flops_of("NVIDIA H100 PCIe") == 756e12 and gpt.peak_flops_of("NVIDIA H100 80GB HBM3") == 989e12
     assert gpt.peak_flops_of("NVIDIA L40S") is None  # another GPU, not an L4: no MFU rather than a wrong one
 
 

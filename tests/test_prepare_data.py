@@ -223,6 +223,12 @@ def test_poems_mirror_keeps_authors_and_drops_the_null_poem(data_dir, tmp_path):
 # Splits, the char round trip, and dtypes.
 
 
+def test_a_validation_share_far_from_val_fraction_is_noted(capsys):
+    train, val = pd.split_documents(["one", "two", "three"], pd.Config(split="doc", val_fraction=0.1))
+    assert len(val) == 1 and "1 of 3 documents go to validation (33%, not the 10% of --val_fraction)" in \
+        capsys.readouterr().out
+
+
 def test_doc_split_is_deterministic_and_depends_on_the_seed(tmp_path):
     path = write(tmp_path / "poems.json", json.dumps([{"poem": text} for text in POEMS]))
     runs = []
@@ -316,7 +322,7 @@ def test_bpe_tokenizer_trains_on_the_training_split(tmp_path):
         ("bad.jsonl", '{"poem": "a"}\n{"poem": \n', {}, "line 2 of .*bad.jsonl is not valid JSON"),
         ("bad.csv", 'Title,Poem\nA,"fine"\nB,"stray"quote\n', {}, r"not readable as CSV \(line 3"),
         ("numbers.json", '[{"id": 1, "score": 2}]', {}, "no text field found .* --text_field"),
-        ("named.json", '[{"poem": "some poem text"}]', {"text_field": "lyrics"}, "--text_field lyrics is not a field of"),
+        ("named.json", '[{"poem": "some poem text"}]', {"text_field": "lyrics"}, "--text_field lyrics is not a"),
         ("empty.json", '[{"poem": ""}, {"poem": "   "}]', {}, "nothing is left after cleansing"),
         ("one.txt", "just one document", {"split": "doc"}, "needs at least 2 documents"),
         ("one.txt", "just one document", {"encoding": "klingon"}, "unknown --encoding"),
@@ -388,6 +394,7 @@ def test_utf8_byte_order_mark_is_accepted(tmp_path, suffix, content):
         (["--out_dir", "{file}"], "--out_dir .*taken.txt is a file; name a folder"),
         (["--out_dir", "{file}/inside"], "cannot create --out_dir .*inside"),
         (["--tokenizer", "bpe", "--vocab_size", "70000", "--dtype", "uint16"], "70,000 does not fit in uint16"),
+        (["--data_dir", "{file}.typo"], "--data_dir .*taken.txt.typo is not a folder"),
     ],
 )
 def test_bad_options_get_one_clear_sentence(data_dir, tmp_path, argv, message):
