@@ -467,10 +467,12 @@ def unit_rows(vectors):
 
 
 def nearest_neighbours(wv, word, k):
+    """The k most similar words by cosine; only words as our tokenizer sees them (GloVe also holds punctuation)."""
     unit = unit_rows(wv.vectors)
     similarity = unit @ unit[wv.index[word]]
     similarity[wv.index[word]] = -np.inf
-    best = np.argsort(-similarity, kind="stable")[:k]
+    words = (i for i in np.argsort(-similarity, kind="stable") if WORD.fullmatch(wv.words[i]))
+    best = [i for i, _ in zip(words, range(k))]  # the first k, without testing the whole vocabulary
     return [(wv.words[i], float(similarity[i])) for i in best]
 
 

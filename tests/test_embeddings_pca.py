@@ -167,6 +167,12 @@ def test_analogy_solver_finds_planted_analogy():
     assert "man" not in neighbours and "woman" in neighbours
 
 
+def test_nearest_neighbours_are_words_not_punctuation():
+    vectors = np.array([[1, 0], [0.99, 0.1], [0.9, 0.3], [0.5, 0.5], [-1, 0]], dtype=np.float32)
+    wv = ep.WordVectors("GloVe-like", ["love", "``", "heart", "don't", "stone"], vectors)
+    assert [word for word, _ in ep.nearest_neighbours(wv, "love", 3)] == ["heart", "don't", "stone"]
+
+
 def test_3cosadd_and_3cosmul_follow_their_formulas():
     """a:b :: c:? in 2-D. d1 is close to b and far from a, but almost opposite c: the sum 3CosAdd forgives that, the
     product 3CosMul does not (its factor (cos(d1, c) + 1) / 2 is 0.03), so the two methods answer differently."""
