@@ -456,7 +456,9 @@ def gpt_vectors(path, wte, encode_text, candidate_words):
             rows.append(ids[0])
     if not words:
         raise SystemExit(f"--gpt_checkpoint {path}: none of our words is a single token of its tokenizer.")
-    return WordVectors(f"gpt.py wte ({Path(path).name})", words, wte[rows].float().numpy())
+    finetuned = torch.load(path, map_location="cpu", weights_only=True).get("format") == "nanoverse-finetune-gpt2-v1"
+    return WordVectors(f"{'finetune_gpt2.py' if finetuned else 'gpt.py'} wte ({Path(path).name})", words,
+                       wte[rows].float().numpy())
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -756,10 +756,11 @@ def check_data_source(config):
         path = Path(config.input)
         if not path.exists():
             raise SystemExit(f"--input {config.input} does not exist: point it at a .txt file or a folder of them")
-        if path.is_dir() and not any(path.glob("*.txt")):
+        files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
+        if not files:
             raise SystemExit(f"--input {config.input} holds no .txt files: point it at your text")
-        if path.is_file() and path.stat().st_size == 0:
-            raise SystemExit(f"--input {config.input} is empty: point it at your text")
+        if not any(file.read_bytes().strip() for file in files):  # before a model is downloaded for nothing
+            raise SystemExit(f"--input {config.input} holds no text, only empty lines: point it at your text")
     elif config.data_dir != Config.data_dir:
         data_dir = Path(config.data_dir)
         if not data_dir.is_dir():
@@ -1624,7 +1625,7 @@ def run(config, given=frozenset()):
         started = f"{out_dir / 'ckpt.pt'} at step {resume['step']}, started from {origin['base_model']}" \
             if resuming else config.init_from
         print(f"model: {started} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
-              f"{model.config.n_layer} layers) on {device}")
+              f"{model.config.n_layer} layer{'s' if model.config.n_layer > 1 else ''}) on {device}")
 
     if config.mode != "finetune" and device.type == "cpu":
         use_decoding_layout(model)

@@ -9,7 +9,8 @@ samples text from the result with a KV cache.
 Run:
     python prepare_data.py shakespeare_char && python gpt.py          # CPU: 2500 steps, val loss ~1.79, < 1 min
     python gpt.py --sample --start "ROMEO:" --num_samples 3             # sample from out-gpt/ckpt.pt
-    python gpt.py --preset shakespeare --max_iters 5000 --out_dir out-big   # GPU: the 10.8M-parameter model
+    python gpt.py --preset shakespeare --out_dir out-big --batch_size 64 --learning_rate 1e-3 --max_iters 5000 \
+        --lr_decay_iters 5000 --min_lr 1e-4 --warmup_iters 100   # GPU: nanoGPT's shakespeare_char recipe
     torchrun --standalone --nproc_per_node=8 gpt.py --preset gpt2 --dataset shakespeare --out_dir out-gpt2  # DDP
     Colab: upload gpt.py and prepare_data.py, then  !python prepare_data.py shakespeare_char && python gpt.py
 
@@ -671,7 +672,7 @@ def train(config):
 
     # --- the training loop
     started = interval_start = time.time()
-    interval_loss, interval_steps, stop = torch.zeros((), device=device), 0, False
+    interval_loss, interval_steps, stop, interrupted = torch.zeros((), device=device), 0, False, False
     resume_rng = rng_states(batch_generator)
     progress = tqdm(total=config.max_iters, initial=step, disable=not master, dynamic_ncols=True, leave=False)
     try:
@@ -698,6 +699,7 @@ def train(config):
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 resume_rng = rng_states(batch_generator)  # the step is done: a Ctrl-C from here on resumes after it
+                eval_due = step % config.eval_interval == 0 or step == config.max_iters  # (and evaluates it first)
                 interval_steps += 1
                 progress.update(1)
 
@@ -719,7 +721,6 @@ def train(config):
                         log_file.flush()
                     interval_loss.zero_()
                     interval_steps, interval_start = 0, time.time()
-                eval_due = step % config.eval_interval == 0 or step == config.max_iters
 
             paused = time.time()  # evaluation and samples are not training time: the interval's clock skips them
             if eval_due:
@@ -757,7 +758,7 @@ def train(config):
             save_checkpoint(checkpoint_path, raw_model, optimizer, scaler, config, meta, data_dir, step,
                             best_val_loss, evals_without_improvement, resume_rng, eval_due)
             print(f"\ninterrupted at step {step}: saved {checkpoint_path}; continue with --init_from resume")
-        stop = True
+        stop = interrupted = True
     progress.close()
 
     if master:
@@ -766,7 +767,8 @@ def train(config):
         if tokenizer:
             print("sample:\n" + generate_text(raw_model, tokenizer, config, device, autocast,
                                               max_new_tokens=min(300, config.max_new_tokens))[0])
-        print(f"done: step {step} | best val loss {best_val_loss:.4f} | {time.time() - started:.1f} s | "
+        best = f" | best val loss {best_val_loss:.4f}" if best_val_loss < float("inf") else ""  # none before one
+        print(f"{'stopped' if interrupted else 'done'}: step {step}{best} | {time.time() - started:.1f} s | "
               f"checkpoint {checkpoint_path} (the weights of step {step})")
     if ddp:
         torch.distributed.destroy_process_group()

@@ -5,7 +5,6 @@ Multitask Learners"; the transformer of Vaswani et al. 2017, "Attention Is All Y
 embeddings, causal multi-head self-attention, an MLP, pre-LayerNorm residual blocks and a tied output layer. The same
 file trains it on the token files that prepare_data.py writes (on the CPU, or on many GPUs through torchrun) and
 samples text from the result with a KV cache.
-
 What differs from gpt.py (`diff -u gpt.py gpt_rope.py`; Su et al. 2021, "RoFormer", sec. 3.2): no position table
 (wpe); each attention layer turns every query and key by angles proportional to its position (rotary_tables,
 rotate_half), so the score of query m and key n depends only on m - n; --rope_theta sets the base of the angles.
@@ -13,7 +12,8 @@ rotate_half), so the score of query m and key n depends only on m - n; --rope_th
 Run:
     python prepare_data.py shakespeare_char && python gpt_rope.py     # CPU: 2500 steps, val loss 1.786, ~1 min
     python gpt_rope.py --sample --start "ROMEO:" --num_samples 3        # sample from out-gpt-rope/ckpt.pt
-    python gpt_rope.py --preset shakespeare --max_iters 5000 --out_dir out-big-rope   # GPU: the 10.7M-parameter model
+    python gpt_rope.py --preset shakespeare --out_dir out-rope --batch_size 64 --learning_rate 1e-3 --max_iters 5000 \
+        --lr_decay_iters 5000 --min_lr 1e-4 --warmup_iters 100   # GPU: nanoGPT's shakespeare_char recipe
     torchrun --standalone --nproc_per_node=8 gpt_rope.py --preset gpt2 --dataset shakespeare --out_dir out-gpt2-rope
     Colab: upload gpt_rope.py and prepare_data.py, then  !python prepare_data.py shakespeare_char && python gpt_rope.py
 
@@ -241,8 +241,9 @@ def check_model_config(config):
     for field, choices in (("attention", ("sdpa", "manual")), ("activation", ("gelu", "relu"))):
         if getattr(config, field) not in choices:
             raise ValueError(f"--{field} must be one of {', '.join(choices)}, not {getattr(config, field)!r}")
-    if (head_size := config.n_embd // config.n_head) % 2 or not config.rope_theta > 1:  # channels turn in pairs
-        raise ValueError(f"RoPE needs an even head size and --rope_theta > 1, not {head_size} and {config.rope_theta}")
+    if (config.n_embd // config.n_head) % 2 or not config.rope_theta > 1:  # RoPE turns channels in pairs
+        raise ValueError(f"RoPE needs an even n_embd / n_head (now {config.n_embd} / {config.n_head}: change --n_embd "
+                         f"or --n_head) and --rope_theta above 1 (now {config.rope_theta})")
     if not 0.0 <= config.dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), not {config.dropout}")
 
@@ -679,7 +680,7 @@ def train(config):
 
     # --- the training loop
     started = interval_start = time.time()
-    interval_loss, interval_steps, stop = torch.zeros((), device=device), 0, False
+    interval_loss, interval_steps, stop, interrupted = torch.zeros((), device=device), 0, False, False
     resume_rng = rng_states(batch_generator)
     progress = tqdm(total=config.max_iters, initial=step, disable=not master, dynamic_ncols=True, leave=False)
     try:
@@ -706,6 +707,7 @@ def train(config):
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 resume_rng = rng_states(batch_generator)  # the step is done: a Ctrl-C from here on resumes after it
+                eval_due = step % config.eval_interval == 0 or step == config.max_iters  # (and evaluates it first)
                 interval_steps += 1
                 progress.update(1)
 
@@ -727,7 +729,6 @@ def train(config):
                         log_file.flush()
                     interval_loss.zero_()
                     interval_steps, interval_start = 0, time.time()
-                eval_due = step % config.eval_interval == 0 or step == config.max_iters
 
             paused = time.time()  # evaluation and samples are not training time: the interval's clock skips them
             if eval_due:
@@ -765,7 +766,7 @@ def train(config):
             save_checkpoint(checkpoint_path, raw_model, optimizer, scaler, config, meta, data_dir, step,
                             best_val_loss, evals_without_improvement, resume_rng, eval_due)
             print(f"\ninterrupted at step {step}: saved {checkpoint_path}; continue with --init_from resume")
-        stop = True
+        stop = interrupted = True
     progress.close()
 
     if master:
@@ -774,7 +775,8 @@ def train(config):
         if tokenizer:
             print("sample:\n" + generate_text(raw_model, tokenizer, config, device, autocast,
                                               max_new_tokens=min(300, config.max_new_tokens))[0])
-        print(f"done: step {step} | best val loss {best_val_loss:.4f} | {time.time() - started:.1f} s | "
+        best = f" | best val loss {best_val_loss:.4f}" if best_val_loss < float("inf") else ""  # none before one
+        print(f"{'stopped' if interrupted else 'done'}: step {step}{best} | {time.time() - started:.1f} s | "
               f"checkpoint {checkpoint_path} (the weights of step {step})")
     if ddp:
         torch.distributed.destroy_process_group()

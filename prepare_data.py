@@ -209,7 +209,7 @@ def decode_bytes(raw, encoding, name):
                          f"or latin-1") from None
     # Small token ids (a train.bin) are valid UTF-8 bytes, so a token file decodes without a warning; but in text
     # NUL is at most a stray byte (cleansing removes it), never one character in a hundred.
-    if text.count("\x00") > len(text) // 100:
+    if text.count("\x00") > max(1, len(text) // 100):
         raise SystemExit(f"error: {name} is full of NUL bytes, so it is binary (a token file?), not text; pass the "
                          f"text file it was made from (or --encoding utf-16 if it is UTF-16 text)")
     if replaced:

@@ -684,24 +684,29 @@ def find_font(characters):
 
 
 @torch.no_grad()
+def attention_of(model, words, outputs, vocabularies):
+    """The attention weights (B, T, S) of writing each given output (in the order the decoder writes it) for each
+    input word, from one teacher-forced pass: row t is the step that wrote character t, the last real row <eos>."""
+    model.eval()
+    device = next(model.parameters()).device
+    source_stoi = {c: i for i, c in enumerate(vocabularies["source"])}
+    target_stoi = {c: i for i, c in enumerate(vocabularies["target"])}
+    source, lengths, target_inputs, _ = make_batch(list(zip(words, outputs)), source_stoi, target_stoi, device)
+    memory, keys, memory_mask, state = model.encode(source, lengths)
+    return model.decoder(target_inputs, state, memory, keys, memory_mask)[2]
+
+
 def save_attention_heatmaps(model, words, predictions, vocabularies, path):
     """Draws, for each word and its prediction (the beam's best, as in the predictions file), which input characters
-    (x) the decoder attended to while writing each output character (y). One teacher-forced pass gives the weights.
-    Rows are in the order the decoder wrote them (backwards for a --reverse_output model); an ensemble shows its
-    first model."""
+    (x) the decoder attended to while writing each output character (y). Rows are in the order the decoder wrote them
+    (backwards for a --reverse_output model); an ensemble shows its first model."""
     from matplotlib.figure import Figure
     from matplotlib.font_manager import FontProperties
 
     if isinstance(model, Ensemble):
         model, vocabularies = model.models[0], model.vocabularies[0]
-    model.eval()
-    device = next(model.parameters()).device
-    source_stoi = {c: i for i, c in enumerate(vocabularies["source"])}
-    target_stoi = {c: i for i, c in enumerate(vocabularies["target"])}
     outputs = [p[::-1] if model.config.reverse_output else p for p in predictions]  # in the order written
-    source, lengths, target_inputs, _ = make_batch(list(zip(words, outputs)), source_stoi, target_stoi, device)
-    memory, keys, memory_mask, state = model.encode(source, lengths)
-    _, _, weights = model.decoder(target_inputs, state, memory, keys, memory_mask)  # (B, T, S)
+    weights = attention_of(model, words, outputs, vocabularies)
     characters = "".join(words) + "".join(outputs)
     font_path = find_font(characters)
     if font_path is None:
@@ -1127,8 +1132,10 @@ def main(argv=None):
             print(f"note: the model never saw {''.join(unseen)!r} in training; it reads them as <unk>")
         results = transliterate(model, words, vocabularies, config.beam_size, config.max_output_length,
                                 config.length_penalty)
+        # P(word) for one model; for an ensemble the geometric mean of the models' P(word)
+        print(f"best first, ranked by log P / length**{config.length_penalty} (so a longer word can outrank a more "
+              f"probable one); P(word) in brackets")
         for word, options in zip(words, results):
-            # P(word) for one model; for an ensemble the geometric mean of the models' P(word)
             print(f"{word}: " + "  ".join(f"{text} ({math.exp(score):.2f})" for text, score in options))
         return results
     split = config.evaluate if config.evaluate in ("train", "dev", "test") and not Path(config.evaluate).exists() \

@@ -649,9 +649,9 @@ def test_devices_that_are_not_there_are_named():
 def test_mistakes_are_refused_before_any_work(small_run, tmp_path, capsys):
     (tmp_path / "a_file").write_text("not a folder")
     (tmp_path / "no_text").mkdir()
-    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "empty.txt").write_text("\n  \n\n")
     for flags, message in ((["--input", str(tmp_path / "no_text")], "holds no .txt files"),
-                           (["--input", str(tmp_path / "empty.txt")], "is empty")):
+                           (["--input", str(tmp_path / "empty.txt")], "holds no text, only empty lines")):
         with pytest.raises(SystemExit) as error:
             ft.main(small_run + ["--out_dir", str(tmp_path / "out")] + flags)
         assert message in one_sentence(error) and "model:" not in capsys.readouterr().out  # no model was loaded

@@ -338,6 +338,20 @@ def test_ctrl_c_during_an_evaluation_resumes_exactly(tmp_path, monkeypatch):
     assert gpt.main([*common, "--out_dir", str(tmp_path / "last"), "--init_from", "resume"])["step"] == 8
     assert [(r["step"], r["val_loss"]) for r in read_log(tmp_path / "last") if "val_loss" in r] == \
         [(r["step"], r["val_loss"]) for r in read_log(tmp_path / "straight") if "val_loss" in r]
+    monkeypatch.setattr(gpt, "evaluate", evaluate)
+    dumps = json.dumps
+
+    def interrupted_logging(record, *args, **kwargs):  # Ctrl-C while step 4's training record is written
+        if record.get("step") == 4 and "loss" in record:
+            monkeypatch.setattr(json, "dumps", dumps)
+            raise KeyboardInterrupt
+        return dumps(record, *args, **kwargs)
+
+    monkeypatch.setattr(json, "dumps", interrupted_logging)
+    assert gpt.main([*common, "--out_dir", str(tmp_path / "logging")])["step"] == 4
+    gpt.main([*common, "--out_dir", str(tmp_path / "logging"), "--init_from", "resume"])
+    assert [(r["step"], r["val_loss"]) for r in read_log(tmp_path / "logging") if "val_loss" in r] == \
+        [(r["step"], r["val_loss"]) for r in read_log(tmp_path / "straight") if "val_loss" in r]
 
 
 def test_a_resume_after_a_crash_logs_each_step_once(tmp_path, monkeypatch):

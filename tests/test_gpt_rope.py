@@ -186,7 +186,7 @@ def test_no_position_weights_and_weights_run_at_a_longer_context():
 
 
 def test_bad_shape_is_named():
-    with pytest.raises(ValueError, match="even head size and --rope_theta > 1, not 9 and"):
+    with pytest.raises(ValueError, match="even n_embd / n_head \\(now 36 / 4: change --n_embd or --n_head\\)"):
         gpt_rope.GPT(tiny_config(n_embd=36, n_head=4))  # 9 channels per head cannot form pairs
     with pytest.raises(ValueError, match="rope_theta"):
         gpt_rope.GPT(tiny_config(rope_theta=0.5))

@@ -427,6 +427,11 @@ def test_a_failing_run_writes_nothing(tmp_path, overrides, message):
     assert [p.name for p in out.iterdir()] == ["meta.json"] and (out / "meta.json").read_text() == "from the last run"
 
 
+def test_a_stray_nul_byte_in_a_short_text_is_cleansed_not_refused(tmp_path):
+    documents, _ = pd.read_documents(write(tmp_path / "poem.txt", "hello\x00 world"), config_for(tmp_path))
+    assert documents[0]["text"] == "hello\x00 world"  # read as text; the control-character rule removes the NUL
+
+
 def test_without_matplotlib_the_report_is_named_before_anything_is_written(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` meets when it is not installed
     config = config_for(tmp_path, input=str(write(tmp_path / "poems.json", json.dumps(POEMS))), eda=True)

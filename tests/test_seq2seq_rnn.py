@@ -170,6 +170,23 @@ def test_beam_search_with_beam_one_equals_greedy(attention, input_feeding):
     torch.testing.assert_close(greedy_log_probs, beam_log_probs[:, 0])  # the same words, the same probabilities
 
 
+@pytest.mark.parametrize("input_feeding", [False, True])
+def test_the_heatmaps_attention_of_a_given_output_is_what_decoding_it_attended(input_feeding):
+    """attention_of (what the heatmaps draw) teacher-forces a given output; given the greedy output it must give the
+    very weights greedy decoding computed while writing it."""
+    torch.manual_seed(3)
+    model = never_special(s2s.Seq2Seq(tiny_config(cell="lstm", attention="dot", input_feeding=input_feeding), 12, 10))
+    vocabularies, words = tiny_vocabularies(), ["abc", "hgfe", "d"]
+    source, lengths, _, _ = s2s.make_batch([(w, "") for w in words], {c: i for i, c in
+                                           enumerate(vocabularies["source"])}, {}, "cpu")
+    ids, greedy_weights, _ = s2s.greedy_decode(model, source, lengths, max_length=20)
+    outputs = [s2s.decode_ids(row, vocabularies["target"]) for row in ids.tolist()]
+    weights = s2s.attention_of(model, words, outputs, vocabularies)
+    for row, output in enumerate(outputs):
+        steps = len(output) + 1  # each character and <eos>
+        torch.testing.assert_close(weights[row, :steps], greedy_weights[row, :steps])
+
+
 @pytest.mark.parametrize("length_penalty", [0.0, 0.5, 1.0])
 def test_a_beam_wide_enough_for_every_output_finds_the_best_one(length_penalty):
     """Two real characters and at most 4 steps make 31 possible outputs (<eos> after 0-3 characters, or 4 characters
