@@ -629,9 +629,14 @@ def encode_documents(texts, encode, eot_id):
 
 
 def write_atomic(path, data):
+    """Write to a temporary file beside `path`, then rename: a crash leaves the old file or the new, never half."""
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except BaseException:  # a full disk, a Ctrl-C: keep the old file and leave no fragment behind
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -403,6 +403,26 @@ def test_load_corrupt_file_names_the_line(small_tokenizer, tmp_path, damage, mes
         Tokenizer.load(tmp_path / "tok.model")
 
 
+def test_a_failed_save_keeps_the_old_model_and_no_fragment(small_tokenizer, tmp_path, monkeypatch):
+    small_tokenizer.save(tmp_path / "tok")
+    before = (tmp_path / "tok.model").read_bytes()
+
+    def disk_full(source, destination):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(bpe.os, "replace", disk_full)
+    with pytest.raises(OSError):
+        Tokenizer.train("other text, other merges " * 50, vocab_size=270).save(tmp_path / "tok")
+    assert (tmp_path / "tok.model").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok.model", "tok.vocab"]
+
+
+def test_a_longer_special_token_wins_over_its_prefix(shakespeare):
+    tokenizer = Tokenizer.train(shakespeare[:5_000], vocab_size=300, special_tokens=("<|end|>", "<|end|>2"))
+    assert tokenizer.encode("a<|end|>2b", allowed_special="all") == \
+        tokenizer.encode("a") + [tokenizer.special_tokens["<|end|>2"]] + tokenizer.encode("b")
+
+
 def test_decode_takes_an_array_or_tensor_of_ids(small_tokenizer):
     ids = small_tokenizer.encode("To be, or not to be")
     assert small_tokenizer.decode(np.array(ids, dtype=np.uint16)) == "To be, or not to be"  # as read from a .bin

@@ -173,6 +173,12 @@ def test_nearest_neighbours_are_words_not_punctuation():
     assert [word for word, _ in ep.nearest_neighbours(wv, "love", 3)] == ["heart", "don't", "stone"]
 
 
+def test_an_analogy_never_answers_one_of_its_question_words():
+    """b is almost a, so b - a + c is almost c: the answer is d only because c itself is not allowed."""
+    words, vectors = ["a", "b", "c", "d"], np.array([[1, 0], [1, 0.05], [0, 1], [0.05, 1]], dtype=np.float32)
+    assert ep.analogy_accuracy(ep.WordVectors("t", words, vectors), [("a", "b", "c", "d")], words) == (1.0, 1.0)
+
+
 def test_3cosadd_and_3cosmul_follow_their_formulas():
     """a:b :: c:? in 2-D. d1 is close to b and far from a, but almost opposite c: the sum 3CosAdd forgives that, the
     product 3CosMul does not (its factor (cos(d1, c) + 1) / 2 is 0.03), so the two methods answer differently."""

@@ -230,6 +230,21 @@ TINY_FLAGS = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size
               "--learning_rate", "3e-3", "--warmup_iters", "2"]
 
 
+def test_learning_rate_schedule_and_weight_decay_groups():
+    config = gpt.Config(learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=100, lr_decay_iters=100)
+    assert gpt.learning_rate_at(0, config) == pytest.approx(1e-4)  # warmup: the first step already moves
+    assert gpt.learning_rate_at(9, config) == pytest.approx(1e-3)
+    assert gpt.learning_rate_at(55, config) == pytest.approx(1e-4 + 0.5 * 9e-4)  # half way down the cosine
+    assert gpt.learning_rate_at(100, config) == gpt.learning_rate_at(500, config) == 1e-4  # then flat
+    model = gpt.GPT(tiny_config())
+    optimizer = gpt.make_optimizer(model, tiny_config(weight_decay=0.1), torch.device("cpu"))
+    decayed = {id(p) for p in optimizer.param_groups[0]["params"]}
+    assert optimizer.param_groups[0]["weight_decay"] == 0.1 and optimizer.param_groups[1]["weight_decay"] == 0.0
+    assert id(model.lm_head.weight) in decayed and id(model.transformer.h[0].attn.c_attn.weight) in decayed
+    assert id(model.transformer.h[0].ln_1.weight) not in decayed and id(model.transformer.h[0].attn.c_attn.bias) \
+        not in decayed
+
+
 def read_log(out_dir):
     return [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
 
@@ -352,6 +367,32 @@ def test_ctrl_c_during_an_evaluation_resumes_exactly(tmp_path, monkeypatch):
     gpt.main([*common, "--out_dir", str(tmp_path / "logging"), "--init_from", "resume"])
     assert [(r["step"], r["val_loss"]) for r in read_log(tmp_path / "logging") if "val_loss" in r] == \
         [(r["step"], r["val_loss"]) for r in read_log(tmp_path / "straight") if "val_loss" in r]
+
+
+def test_ctrl_c_inside_a_training_step_replays_that_step(tmp_path, monkeypatch):
+    """The Ctrl-C lands after step 5 has drawn its second batch: the checkpoint holds the random state from before
+    step 5, so the resumed run draws step 5's batches again and the losses are the unbroken run's."""
+    data = write_char_dataset(tmp_path / "data")
+    common = ["--data_dir", str(data), *TINY_FLAGS, "--dropout", "0.1", "--max_iters", "8", "--eval_interval", "4",
+              "--log_interval", "1", "--max_new_tokens", "1", "--grad_accum_steps", "2"]
+    gpt.main([*common, "--out_dir", str(tmp_path / "straight")])
+    get_batch, calls = gpt.get_batch, []
+
+    def interrupted_in_step_5(*args, **kwargs):
+        batch = get_batch(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2 * 4 + 2:  # 2 micro-batches per step: step 5's second
+            raise KeyboardInterrupt
+        return batch
+
+    monkeypatch.setattr(gpt, "get_batch", interrupted_in_step_5)
+    assert gpt.main([*common, "--out_dir", str(tmp_path / "split")])["step"] == 4
+    monkeypatch.setattr(gpt, "get_batch", get_batch)
+    gpt.main([*common, "--out_dir", str(tmp_path / "split"), "--init_from", "resume"])
+    straight = [(r["step"], r["loss"]) for r in read_log(tmp_path / "straight") if "loss" in r]
+    assert len(straight) == 8 and [(r["step"], r["loss"]) for r in read_log(tmp_path / "split") if "loss" in r] == \
+        straight
+    assert straight[0][1] == pytest.approx(math.log(len(set(TEXT))), abs=0.3)  # micro-batches averaged, not summed
 
 
 def test_a_resume_after_a_crash_logs_each_step_once(tmp_path, monkeypatch):
@@ -501,8 +542,8 @@ def test_damaged_token_files_are_named_before_training(tmp_path, script):
     for name, damage, named in (
             ("cut", lambda d: (d / "train.bin").write_bytes((d / "train.bin").read_bytes()[:-1]),
              "train.bin is not a whole number of uint16 tokens"),
-            ("ids", lambda d: np.append(np.fromfile(d / "val.bin", np.uint16), np.uint16(300)).tofile(d / "val.bin"),
-             "val.bin holds token id 300 but meta.json's vocabulary has"),
+            ("ids", lambda d: np.append(np.fromfile(d / "val.bin", np.uint16), np.uint16(len(set(TEXT)))).tofile(
+                d / "val.bin"), f"val.bin holds token id {len(set(TEXT))} but meta.json's vocabulary has"),  # one past
             ("list", lambda d: (d / "meta.json").write_text("[1, 2]"), "is not a nanoverse-tokens-v1 file"),
             ("size", lambda d: (d / "meta.json").write_text(json.dumps({"format": "nanoverse-tokens-v1",
                                                                           "dtype": "uint16"})), "and a vocab_size")):

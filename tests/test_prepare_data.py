@@ -70,8 +70,8 @@ def test_cleansing_keeps_line_breaks_punctuation_and_optionally_indentation():
 
 
 def test_documents_dropped_for_empty_short_and_duplicates():
-    documents = [{"text": t} for t in ["Hello  World, again", "hello world, AGAIN", "Hello  World, again", "", None,
-                                       "tiny", "A different poem here"]]
+    documents = [{"text": t} for t in ["Hello  World, again", "hello\nworld, AGAIN", "Hello  World, again", "", None,
+                                       "tiny", "A different poem here"]]  # the second differs in a line break too
     kept, report = pd.cleanse(documents, pd.Config(min_chars=10, clean=True))
     assert [d["text"] for d in kept] == ["Hello World, again", "A different poem here"]
     assert report["exact_duplicates_dropped"] == 1  # the third one, identical after cleansing
@@ -458,6 +458,18 @@ def test_a_run_stopped_while_writing_leaves_no_meta_json(tmp_path, monkeypatch):
         pd.prepare(config_for(tmp_path, input=str(path), tokenizer="bpe", vocab_size=300))
     assert (tmp_path / "out" / "train.bin").exists() and not (tmp_path / "out" / "meta.json").exists()
     assert not (tmp_path / "out" / "bpe.model").exists()  # the tokenizer's files come after the token files
+
+
+def test_a_failed_write_keeps_the_old_file_and_no_fragment(tmp_path, monkeypatch):
+    target = write(tmp_path / "train.bin", b"old tokens")
+
+    def disk_full(source, destination):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(pd.os, "replace", disk_full)
+    with pytest.raises(OSError):
+        pd.write_atomic(target, b"new tokens, only half written")
+    assert target.read_bytes() == b"old tokens" and [p.name for p in tmp_path.iterdir()] == ["train.bin"]
 
 
 def test_json_lines_and_csv_keep_unicode_line_separators_inside_a_field():

@@ -73,6 +73,10 @@ def test_input_feeding_reads_the_previous_attentional_state():
     other, _, _ = model.decoder(target_inputs[:, :1], (rnn_state, torch.ones_like(feed)), memory, keys, mask)
     assert not torch.allclose(first, other)
     assert after.shape == feed.shape and after.abs().max() <= 1  # a tanh output, the next step's input
+    assert after.abs().sum() > 0  # the state carried forward is the step's own, so the next step reads it
+    fed, _, _ = model.decoder(target_inputs[:, 1:2], (rnn_state, after), memory, keys, mask)
+    unfed, _, _ = model.decoder(target_inputs[:, 1:2], (rnn_state, torch.zeros_like(after)), memory, keys, mask)
+    assert not torch.allclose(fed, unfed)
 
 
 @pytest.mark.parametrize("encoder_layers, decoder_layers, expected", [(3, 2, [1, 2]), (2, 3, [0, 1, 1]),
@@ -162,7 +166,14 @@ def test_decoder_step_by_step_equals_whole_sequence(input_feeding):
 def test_beam_search_with_beam_one_equals_greedy(attention, input_feeding):
     model = s2s.Seq2Seq(tiny_config(cell="gru", attention=attention, input_feeding=input_feeding), 12, 10).eval()
     source, lengths, _ = random_batch()
-    greedy, _, greedy_log_probs = s2s.greedy_decode(model, source, lengths, max_length=12)
+    for _ in range(100):  # make <eos> likelier until words end at different steps: finished rows must stay finished
+        greedy, _, greedy_log_probs = s2s.greedy_decode(model, source, lengths, max_length=12)
+        ends = {(row + [s2s.EOS]).index(s2s.EOS) for row in greedy.tolist()}
+        if len(ends) > 1:
+            break
+        with torch.no_grad():
+            model.decoder.output.bias[s2s.EOS] += 0.02
+    assert len(ends) > 1
     beam, scores, beam_log_probs = s2s.beam_search(model, source, lengths, beam_size=1, max_length=12)
     itos = [str(i) for i in range(10)]
     assert [s2s.decode_ids(row, itos) for row in greedy.tolist()] == [s2s.decode_ids(row[0], itos)
