@@ -701,7 +701,7 @@ def _read_text(path):
         raise ValueError(f"input {path} is a folder: give one text file (join several with `cat`)") from None
     except UnicodeDecodeError as error:
         raise ValueError(f"input file {path} is not UTF-8 text (byte {error.start}): convert it to UTF-8") from None
-    if text.count("\x00") > max(1, len(text) // 100):  # a token file (train.bin) of small ids is valid UTF-8, but not text
+    if text.count("\x00") > max(1, len(text) // 100):  # a token file of small ids is valid UTF-8, but not text
         raise ValueError(f"input file {path} is full of NUL bytes, so it is binary (a token file?), not text: pass the "
                          f"text file it was made from")
     return text

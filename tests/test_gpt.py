@@ -486,9 +486,10 @@ def test_early_stopping_after_patience_evaluations(tmp_path):
 def test_two_process_ddp_with_gloo(tmp_path):
     data = write_char_dataset(tmp_path / "data")
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "gpt.py"),
-               "--data_dir", str(data), "--out_dir", str(out), *TINY_FLAGS, "--max_iters", "4", "--eval_interval", "4",
-               "--log_interval", "2", "--grad_accum_steps", "2", "--device", "cpu", "--max_new_tokens", "5"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(ROOT / "gpt.py"), "--data_dir", str(data), "--out_dir", str(out), *TINY_FLAGS, "--max_iters", "4",
+               "--eval_interval", "4", "--log_interval", "2", "--grad_accum_steps", "2", "--device", "cpu",
+               "--max_new_tokens", "5"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 processes" in result.stdout
