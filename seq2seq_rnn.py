@@ -459,18 +459,18 @@ def download_dakshina(lang, cache_dir):
         os.replace(partial, archive)
     try:
         with tarfile.open(archive) as tar:
-            for split in ("train", "dev", "test"):
-                name = f"{lang}.translit.sampled.{split}.tsv"
-                data = tar.extractfile(f"dakshina_dataset_v1.0/{lang}/lexicons/{name}").read()
-                if name in LEXICON_SHA256 and hashlib.sha256(data).hexdigest() != LEXICON_SHA256[name]:
-                    raise SystemExit(f"{name} in {archive} has the wrong sha256; delete the archive and run again.")
-                write_atomically(cache_dir / lang / name, data)
+            names = [f"{lang}.translit.sampled.{split}.tsv" for split in ("train", "dev", "test")]
+            lexicons = {name: tar.extractfile(f"dakshina_dataset_v1.0/{lang}/lexicons/{name}").read() for name in names}
     except (tarfile.TarError, OSError) as error:  # damaged or cut short
         raise SystemExit(f"could not read {archive} ({type(error).__name__}), so it is damaged or cut short; delete "
                          f"that file and run again to download it afresh.")
     except KeyError:  # a readable tar without this language's lexicons
         raise SystemExit(f"{archive} has no {lang} lexicons, so it is not the Dakshina archive; delete that file and "
                          f"run again to download it afresh.")
+    for name, data in lexicons.items():
+        if name in LEXICON_SHA256 and hashlib.sha256(data).hexdigest() != LEXICON_SHA256[name]:
+            raise SystemExit(f"{name} in {archive} has the wrong sha256; delete the archive and run again.")
+        write_atomically(cache_dir / lang / name, data)
 
 
 def lexicon_path(config, split):

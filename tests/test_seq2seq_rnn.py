@@ -604,6 +604,27 @@ def test_bad_input_gets_one_clear_sentence(tmp_path):
     assert result.stderr.strip().count("\n") == 0  # one sentence
 
 
+def test_the_lexicons_of_a_good_archive_are_extracted_and_checked(tmp_path, data_dir):
+    archive = tmp_path / "cache" / "dakshina_dataset_v1.0.tar"
+    archive.parent.mkdir()
+    lexicons = {f"hi.translit.sampled.{split}.tsv": (data_dir / "dakshina" / "hi" / f"hi.translit.sampled.{split}.tsv")
+                .read_bytes() for split in ("train", "dev")}
+    lexicons["hi.translit.sampled.test.tsv"] = "नमस्ते\tnamaste\t1\n".encode()
+    for damaged in (False, True):
+        with tarfile.open(archive, "w") as tar:
+            for name, data in lexicons.items():
+                data = data + b"x" if damaged and "dev" in name else data
+                info = tarfile.TarInfo(f"dakshina_dataset_v1.0/hi/lexicons/{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        if damaged:
+            with pytest.raises(SystemExit, match="hi.translit.sampled.dev.tsv in .* has the wrong sha256"):
+                s2s.download_dakshina("hi", tmp_path / "cache")
+        else:
+            s2s.download_dakshina("hi", tmp_path / "cache")
+            assert {name: (tmp_path / "cache" / "hi" / name).read_bytes() for name in lexicons} == lexicons
+
+
 def test_a_cut_off_download_or_a_damaged_archive_is_named_and_not_kept(tmp_path, monkeypatch):
     class CutOff(io.BytesIO):  # the server promised 5,000 bytes and closed the connection after 1,000
         headers = {"Content-Length": "5000"}
