@@ -249,7 +249,7 @@ def test_char_contiguous_round_trip_on_cleaned_text(tmp_path):
     assert meta["itos"] == sorted(set(cleaned)) and meta["split"] == "contiguous"
 
 
-def test_vocabulary_too_large_for_uint16_is_named_and_auto_picks_uint32(tmp_path):
+def test_vocabulary_too_large_for_uint16_is_named_auto_picks_uint32_and_65536_still_fits(tmp_path):
     characters = [chr(c) for c in range(0x4E00, 0x4E00 + 66_000 + 2048) if not 0xD800 <= c < 0xE000]
     path = write(tmp_path / "many.txt", "".join(characters))
     with pytest.raises(SystemExit, match="does not fit in uint16; use --dtype uint32"):
@@ -258,6 +258,11 @@ def test_vocabulary_too_large_for_uint16_is_named_and_auto_picks_uint32(tmp_path
     assert meta["dtype"] == "uint32" and meta["vocab_size"] > 65536
     ids = np.concatenate([read_tokens(tmp_path / "out", "train", meta), read_tokens(tmp_path / "out", "val", meta)])
     assert "".join(meta["itos"][i] for i in ids) == "".join(characters)
+    exactly = characters[:65_536]  # ids 0..65535: the largest vocabulary uint16 still holds
+    meta = pd.prepare(config_for(tmp_path, input=str(write(tmp_path / "many.txt", "".join(exactly))), clean=False))
+    assert meta["dtype"] == "uint16" and meta["vocab_size"] == 65_536
+    ids = np.concatenate([read_tokens(tmp_path / "out", "train", meta), read_tokens(tmp_path / "out", "val", meta)])
+    assert ids.max() == 65_535 and "".join(meta["itos"][i] for i in ids) == "".join(exactly)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
