@@ -396,7 +396,8 @@ def gpt2_encoding():
 
 
 def open_gpt_checkpoint(path):
-    """A gpt.py (or finetune_gpt2.py) model's token embedding (wte) and the encode function of its tokenizer."""
+    """A gpt.py (or finetune_gpt2.py) model's token embedding (wte), the encode function of its tokenizer, and which
+    script wrote it."""
     path = Path(path)
     if not path.is_file():
         raise SystemExit(f"--gpt_checkpoint {path}: no such file; pass a checkpoint that gpt.py wrote.")
@@ -412,7 +413,8 @@ def open_gpt_checkpoint(path):
     if wte is None:
         raise SystemExit(f"--gpt_checkpoint {path} has no transformer.wte.weight; pass a checkpoint that gpt.py wrote.")
     meta = checkpoint.get("meta") or {}
-    if checkpoint.get("format") == "nanoverse-finetune-gpt2-v1":  # finetune_gpt2.py: always GPT-2's tokenizer
+    finetuned = checkpoint.get("format") == "nanoverse-finetune-gpt2-v1"
+    if finetuned:  # finetune_gpt2.py: always GPT-2's tokenizer
         meta = {"tokenizer": "gpt2"}
     if not meta:  # older checkpoints point at their data folder instead
         config = checkpoint.get("config") or {}
@@ -439,10 +441,10 @@ def open_gpt_checkpoint(path):
     else:
         raise SystemExit(f"--gpt_checkpoint {path} does not say which tokenizer it used (no meta with 'tokenizer'); "
                          f"put the data folder's meta.json beside it.")
-    return wte, encode_text
+    return wte, encode_text, "finetune_gpt2.py" if finetuned else "gpt.py"
 
 
-def gpt_vectors(path, wte, encode_text, candidate_words):
+def gpt_vectors(path, wte, encode_text, script, candidate_words):
     """The rows of the embedding for the words that are a single token.
 
     A word in running text is " word" (GPT-2-style tokenizers keep the leading space), so that is what we encode.
@@ -456,9 +458,7 @@ def gpt_vectors(path, wte, encode_text, candidate_words):
             rows.append(ids[0])
     if not words:
         raise SystemExit(f"--gpt_checkpoint {path}: none of our words is a single token of its tokenizer.")
-    finetuned = torch.load(path, map_location="cpu", weights_only=True).get("format") == "nanoverse-finetune-gpt2-v1"
-    return WordVectors(f"{'finetune_gpt2.py' if finetuned else 'gpt.py'} wte ({Path(path).name})", words,
-                       wte[rows].float().numpy())
+    return WordVectors(f"{script} wte ({Path(path).name})", words, wte[rows].float().numpy())
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -249,6 +249,7 @@ def test_a_finetune_gpt2_checkpoint_uses_gpt2_tokens(tmp_path, gpt2_encoding):
     wv = ep.gpt_vectors(tmp_path / "ckpt.pt", *ep.open_gpt_checkpoint(tmp_path / "ckpt.pt"), ["king"])
     (king_id,) = gpt2_encoding.encode_ordinary(" king")
     assert wv.words == ["king"] and np.array_equal(wv.vectors[0], wte[king_id].numpy())
+    assert wv.name == "finetune_gpt2.py wte (ckpt.pt)"
 
 
 def test_a_shortened_flag_is_an_error_not_a_guess(capsys):
