@@ -9,6 +9,8 @@ import http.server
 import json
 import math
 import re
+import subprocess
+import sys
 import threading
 from contextlib import nullcontext
 from pathlib import Path
@@ -730,6 +732,24 @@ def test_max_steps_overrides_epochs_and_the_model_card_says_what_happened(small_
     card = (tmp_path / "converted" / "README.md").read_text()
     assert "`base` converted" in card and "without any training" in card and "## Training" not in card
     assert not (tmp_path / "out-finetune").exists() and str(tmp_path) not in card
+
+
+def test_two_process_ddp_with_gloo(small_run, tmp_path):
+    """torchrun with two CPU processes (the gloo backend): each reads its own share of the windows, so an epoch takes
+    half the steps; only the first process logs, evaluates and saves."""
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(ROOT / "finetune_gpt2.py"), *small_run, "--out_dir", str(out), "--max_steps", "3", "--device", "cpu"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = log_records(out)
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]  # one process logs, not two
+    assert [r["epoch"] for r in records if "val_loss" in r] == [1.0, 1.5]  # 2 x 8 windows per step: 2 steps an epoch
+    assert [r["eval"] for r in records if "eval" in r] == ["base model", "fine-tuned"]
+    checkpoint = torch.load(out / "ckpt.pt", weights_only=True)
+    base = ft.load_hf_folder(Path(small_run[small_run.index("--init_from") + 1]))
+    assert checkpoint["step"] == 3
+    assert not torch.equal(checkpoint["model"]["transformer.h.0.mlp.c_fc.weight"], base.transformer.h[0].mlp.c_fc.weight)
 
 
 def test_learning_rate_schedule_matches_its_docstring():
