@@ -11,6 +11,7 @@ Run:
     python finetune_gpt2.py --init_from distilgpt2 --input my_poems.txt --max_steps 60  # CPU: ~5 min on 2 cores
     python finetune_gpt2.py --init_from gpt2-medium --data_dir data/lyrics --epochs 3 --out_dir out-lyrics \
         --save_hf out-lyrics/hf  # GPU
+    torchrun --nproc_per_node=4 finetune_gpt2.py --init_from gpt2-medium --data_dir data/lyrics  # 4 GPUs, DDP
     python finetune_gpt2.py --mode generate --init_from out-lyrics/hf --prompt "Walking down the road of life"
     Colab: upload finetune_gpt2.py and a .txt of poems, then  !python finetune_gpt2.py --input poems.txt --epochs 1
 """
@@ -1542,6 +1543,8 @@ def main(argv=None):
 def run(config, given=frozenset()):
     world_size = int(os.environ.get("WORLD_SIZE", 1))  # torchrun sets WORLD_SIZE, RANK and LOCAL_RANK
     rank = int(os.environ.get("RANK", 0))
+    if world_size > 1 and config.mode != "finetune":
+        raise SystemExit(f"--mode {config.mode} runs in one process: start it with python, not torchrun")
     if world_size > 1:
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         if torch.cuda.is_available():

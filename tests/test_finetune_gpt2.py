@@ -734,7 +734,7 @@ def test_max_steps_overrides_epochs_and_the_model_card_says_what_happened(small_
     assert not (tmp_path / "out-finetune").exists() and str(tmp_path) not in card
 
 
-def test_two_process_ddp_with_gloo(small_run, tmp_path):
+def test_two_process_ddp_with_gloo(small_run, tmp_path, monkeypatch):
     """torchrun with two CPU processes (the gloo backend): each reads its own share of the windows, so an epoch takes
     half the steps; only the first process logs, evaluates and saves."""
     out = tmp_path / "ddp"
@@ -751,6 +751,9 @@ def test_two_process_ddp_with_gloo(small_run, tmp_path):
     trained = checkpoint["model"]["transformer.h.0.mlp.c_fc.weight"]
     assert checkpoint["step"] == 3 and trained.shape == base.transformer.h[0].mlp.c_fc.weight.shape
     assert not torch.equal(trained, base.transformer.h[0].mlp.c_fc.weight)  # the averaged gradients trained it
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it: generating once per process would be no use
+    with pytest.raises(SystemExit, match="--mode generate runs in one process: start it with python, not torchrun"):
+        ft.main(small_run + ["--mode", "generate"])
 
 
 def test_learning_rate_schedule_matches_its_docstring():
