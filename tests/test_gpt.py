@@ -483,11 +483,12 @@ def test_early_stopping_after_patience_evaluations(tmp_path):
     assert val_losses[0] == val_losses[1] != val_losses[2] == pytest.approx(whole, abs=1e-5)
 
 
-def test_two_process_ddp_with_gloo(tmp_path):
+@pytest.mark.parametrize("script", ["gpt", "gpt_rope"])
+def test_two_process_ddp_with_gloo(tmp_path, script):
     data = write_char_dataset(tmp_path / "data")
     out = tmp_path / "out"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(ROOT / "gpt.py"), "--data_dir", str(data), "--out_dir", str(out), *TINY_FLAGS, "--max_iters", "4",
+               str(ROOT / f"{script}.py"), "--data_dir", str(data), "--out_dir", str(out), *TINY_FLAGS, "--max_iters", "4",
                "--eval_interval", "4", "--log_interval", "2", "--grad_accum_steps", "2", "--device", "cpu",
                "--max_new_tokens", "5"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
