@@ -713,6 +713,17 @@ def test_mistakes_are_refused_before_any_work(small_run, tmp_path, capsys):
     assert trainable == 2 * 32 == total - (50257 + 64) * 32 - 2 * 12 * 32 * 32 - 2 * 13 * 32  # only ln_f is left
 
 
+def test_freeze_layers_trains_only_the_top_of_the_network(small_run, tmp_path):
+    out = tmp_path / "out"
+    ft.main(small_run + ["--out_dir", str(out), "--freeze_layers", "1", "--max_steps", "2"])
+    trained = torch.load(out / "ckpt.pt", weights_only=True)["model"]
+    base = ft.load_hf_folder(Path(small_run[small_run.index("--init_from") + 1])).state_dict()
+    unchanged = {name for name in base if torch.equal(base[name], trained[name])}
+    frozen = {name for name in base if name.startswith(("transformer.wte", "transformer.wpe", "lm_head",
+                                                         "transformer.h.0."))}
+    assert unchanged == frozen  # the embeddings (and so the tied output layer) and block 0; block 1 and ln_f train
+
+
 def test_max_steps_overrides_epochs_and_the_model_card_says_what_happened(small_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # --mode generate below leaves --out_dir at its default: it must not be created
     out = tmp_path / "out"
