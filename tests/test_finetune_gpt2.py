@@ -724,6 +724,21 @@ def test_freeze_layers_trains_only_the_top_of_the_network(small_run, tmp_path):
     assert unchanged == frozen  # the embeddings (and so the tied output layer) and block 0; block 1 and ln_f train
 
 
+def test_prompt_from_a_file_and_several_sequences(small_run, tmp_path, capsys):
+    (tmp_path / "prompt.txt").write_text("Roses are red,\nviolets are", encoding="utf-8")
+    generate = small_run + ["--mode", "generate", "--num_return_sequences", "3", "--max_new_tokens", "4"]
+    ft.main(generate + ["--prompt", f"FILE:{tmp_path / 'prompt.txt'}", "--temperature", "1.0", "--seed", "3"])
+    model_line, printed = capsys.readouterr().out.split("\n", 1)
+    samples = printed.split("-" * 80 + "\n")[:-1]
+    assert model_line.startswith("model: ")
+    assert len(samples) == 3 and all(text.startswith("Roses are red,\nviolets are") for text in samples)
+    assert len(set(samples)) > 1  # three draws, not one printed three times
+    missing = tmp_path / "missing.txt"
+    with pytest.raises(SystemExit) as error:
+        ft.main(generate + ["--prompt", f"FILE:{missing}"])
+    assert one_sentence(error) == f"--prompt FILE:{missing}: there is no file {missing}"
+
+
 def test_max_steps_overrides_epochs_and_the_model_card_says_what_happened(small_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # --mode generate below leaves --out_dir at its default: it must not be created
     out = tmp_path / "out"
