@@ -53,6 +53,24 @@ def check_forward_and_backward(config):
     return model
 
 
+@pytest.mark.parametrize("input_feeding", [False, True])
+def test_scheduled_sampling_feeds_the_reference_or_the_models_own_guess(input_feeding):
+    """At a rate just below 1 the step-by-step loop feeds only references, so it must equal the one-call teacher
+    forcing; at rate 0 it feeds only its own best guesses, which is greedy decoding."""
+    torch.manual_seed(0)
+    model = s2s.Seq2Seq(tiny_config(cell="lstm", attention="dot", input_feeding=input_feeding), 12, 10).eval()
+    source, lengths, target_inputs = random_batch()
+    with torch.no_grad():
+        forced = model(source, lengths, target_inputs, teacher_forcing=1.0)
+        almost = model(source, lengths, target_inputs, teacher_forcing=1 - 1e-12)  # torch.rand stays below it
+        free = model(source, lengths, target_inputs, teacher_forcing=0.0)
+        greedy, _, _ = s2s.greedy_decode(model, source, lengths, max_length=target_inputs.size(1))
+    assert torch.allclose(almost, forced, atol=1e-6)
+    guesses = free.argmax(-1)[:, :greedy.size(1)]
+    written = greedy != s2s.PAD  # greedy pads a word after its <eos>; the loop goes on guessing
+    assert written.sum() > 5 and torch.equal(guesses[written], greedy[written])
+
+
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 @pytest.mark.parametrize("attention", ["dot", "additive"])
 def test_input_feeding_runs_forward_and_backward(cell, attention):
