@@ -231,6 +231,15 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, past_kv=None):
         """idx (B, T) token ids -> logits (B, T, vocab), the mean cross-entropy against targets, and the KV cache."""
+        x, present_kv = self.hidden_states(idx, past_kv)
+        logits = self.lm_head(x)  # (B, T, vocab)
+        loss = None
+        if targets is not None:  # position t predicts token t + 1; targets are idx shifted left by one
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        return logits, loss, present_kv
+
+    def hidden_states(self, idx, past_kv=None):
+        """idx (B, T) -> the final LayerNorm's output (B, T, n_embd), which the output layer turns into logits."""
         B, T = idx.size()
         past_length = 0 if past_kv is None else past_kv[0][0].size(2)  # tokens already in the cache
         if past_length + T > self.config.block_size:
@@ -241,12 +250,7 @@ class GPT(nn.Module):
         for i, block in enumerate(self.transformer.h):
             x, layer_kv = block(x, None if past_kv is None else past_kv[i])
             present_kv.append(layer_kv)
-        x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)  # (B, T, vocab)
-        loss = None
-        if targets is not None:  # position t predicts token t + 1; targets are idx shifted left by one
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
-        return logits, loss, present_kv
+        return self.transformer.ln_f(x), present_kv
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -886,6 +890,43 @@ def choose_next_token(logits, context, temperature=1.0, top_k=0, top_p=1.0, repe
     return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
 
 
+class GreedyScreen:
+    """Greedy decoding's choice, exactly, with the output layer read in half precision (batch 1, on a CPU).
+
+    The output layer is the largest single read of a decoded token: 50257 x 768 floats, 154 MB, a third of GPT-2
+    small, while greedy decoding needs only the position of the largest logit. A float16 copy of it is half the bytes
+    and gives every logit to within a margin we can bound. With h the final hidden state, w_j the float32 row of
+    token j, h16 and w16_j their float16 roundings and a_j their product (added up in float32, as PyTorch's CPU
+    kernels do, then rounded to float16), by the Cauchy-Schwarz inequality:
+      |a_j - h.w_j| <= |h|*|w16_j - w_j| + |h16 - h|*|w16_j|     (rounding the weights, then h)
+                       + 2**-12 * |h|*|w16_j|                      (float32 sums of up to 2048 terms, both products)
+                       + 2**-10 * |a_j| + 2**-24                   (rounding the result to float16)
+    Any row whose a_j plus its margin reaches the best a_k minus its margin could hold the largest logit. There are
+    a handful, and their float32 logits decide: the token is the one the float32 product chooses. (Up to float32's
+    own rounding: two logits within about 1e-7 of each other, relatively, may come out in either order from two
+    float32 kernels that add in different orders, as from ours and transformers' too.)
+    """
+
+    def __init__(self, weight):
+        self.weight = weight  # (vocab, n_embd) float32, the model's own: the candidates' exact logits come from it
+        self.half = weight.detach().to(torch.float16, memory_format=torch.contiguous_format)
+        rounded = self.half.float()
+        self.rounding = (rounded - weight.detach()).norm(dim=1)  # |w16_j - w_j| per row, (vocab,)
+        self.norm = rounded.norm(dim=1)  # |w16_j|
+
+    def argmax(self, h):
+        """h (1, n_embd) float32 -> the token with the largest float32 logit, (1, 1)."""
+        h16 = h.half()
+        approx = F.linear(h16, self.half)[0].float()
+        if not torch.isfinite(approx).all():  # beyond float16's range (65504): the plain product decides
+            return F.linear(h, self.weight).argmax(dim=-1, keepdim=True)
+        h_norm = h.norm()
+        margin = (h_norm * self.rounding + ((h16.float() - h).norm() + 2 ** -12 * h_norm) * self.norm
+                  + 2 ** -10 * approx.abs() + 2 ** -24)
+        candidates = torch.nonzero(approx + margin >= (approx - margin).max()).flatten()  # ascending, like argmax
+        return candidates[F.linear(h, self.weight[candidates]).argmax(dim=-1, keepdim=True)]
+
+
 @torch.inference_mode()  # no_grad, and also no version counters or view tracking: a little less work per operation
 def generate(model, idx, max_new_tokens, eot_id=None, use_cache=True, generator=None, **decoding):
     """Append up to max_new_tokens tokens to idx (B, T); rows that produced eot_id are padded with it.
@@ -898,16 +939,23 @@ def generate(model, idx, max_new_tokens, eot_id=None, use_cache=True, generator=
     window_start = max(0, idx.size(1) - block_size)
     finished = torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)
     past_kv = None
+    plain_greedy = (decoding.get("temperature", 1.0) == 0 and decoding.get("repetition_penalty", 1.0) == 1.0
+                    and not decoding.get("no_repeat_ngram_size", 0))
+    screen = getattr(model, "greedy_screen", None) if plain_greedy and idx.size(0) == 1 else None
     for _ in range(max_new_tokens):
         if idx.size(1) - window_start > block_size:
             window_start, past_kv = idx.size(1) - max(1, block_size // 2), None
         if past_kv is None:
-            logits, _, past_kv = model(idx[:, window_start:])
+            h, past_kv = model.hidden_states(idx[:, window_start:])
         else:
-            logits, _, past_kv = model(idx[:, -1:], past_kv=past_kv)
+            h, past_kv = model.hidden_states(idx[:, -1:], past_kv=past_kv)
         if not use_cache:
             past_kv = None
-        next_token = choose_next_token(logits[:, -1, :].float(), idx, generator=generator, **decoding)
+        h = h[:, -1, :]  # only the last position's logits choose the next token
+        if screen is not None:
+            next_token = screen.argmax(h.float())
+        else:
+            next_token = choose_next_token(model.lm_head(h).float(), idx, generator=generator, **decoding)
         if eot_id is not None:
             next_token = next_token.masked_fill(finished, eot_id)
             finished |= next_token == eot_id
@@ -928,12 +976,29 @@ def use_decoding_layout(model):
     a little faster (in, out) too. So the matrices with out >= in are stored (in, out), the order of GPT-2's own Conv1D
     layers. Training is slower with the output layer stored that way (its weight gradient costs more), so only the
     generate and evaluate modes, on a CPU, call this.
+
+    Greedy decoding at batch 1 also gets a GreedyScreen (the output layer in half precision, same tokens), if a
+    quick timing here finds it faster than the float32 product: on a CPU without fast float16 arithmetic it is not.
     """
     for module in model.modules():
         if isinstance(module, nn.Linear) and module.out_features >= module.in_features:
             # .data swaps the tensor inside the same Parameter, so wte stays tied to lm_head; an embedding lookup
             # then reads a strided column, a trifle next to the products.
             module.weight.data = module.weight.data.t().contiguous().t()
+    screen = GreedyScreen(model.lm_head.weight)
+    h = torch.randn(1, model.config.n_embd)
+
+    def best_of_3(product):
+        seconds = []
+        for _ in range(3):
+            start = time.perf_counter()
+            product()
+            seconds.append(time.perf_counter() - start)
+        return min(seconds)
+
+    with torch.inference_mode():
+        if best_of_3(lambda: screen.argmax(h)) < best_of_3(lambda: model.lm_head(h)):
+            model.greedy_screen = screen
 
 
 def decoding_options(config):

@@ -241,10 +241,34 @@ def test_decoding_layout_changes_the_memory_order_only(tmp_path, gpt2_encoding):
     with torch.no_grad():
         assert (model(idx)[0] - before).abs().max().item() <= 1e-5
     assert torch.equal(ft.generate(model, idx[:1, :5], 40, temperature=0.0), greedy)
+    model.greedy_screen = ft.GreedyScreen(model.lm_head.weight)  # kept only where it times faster: force it here
+    assert torch.equal(ft.generate(model, idx[:1, :5], 40, temperature=0.0), greedy)
     ft.save_hf_folder(model, tmp_path / "out", gpt2_encoding)  # what --mode generate --save_hf writes
     reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
     with torch.no_grad():
         assert (reloaded(idx).logits - before).abs().max().item() <= 1e-5
+
+
+def test_greedy_screen_chooses_what_the_float32_product_chooses():
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(4000, 64, generator=generator) * 0.1
+    weight[:, :3] *= 30  # a few large dimensions, as GPT-2's embeddings have
+    screen = ft.GreedyScreen(weight)
+    ties = 0
+    for trial in range(300):
+        h = torch.randn(1, 64, generator=generator) * 10 ** (trial % 4 - 1)
+        if trial % 3 == 0:  # a runner-up within float16's rounding of the winner: only the margins keep it in play
+            logits = (h @ weight.t())[0]
+            best = logits.argmax()
+            runner_up = (logits - logits[best]).abs().argsort()[1]
+            nudge = h[0] * (logits[best] - logits[runner_up] + 1e-4 * logits[best].abs() * (trial % 2 - 0.5))
+            weight[runner_up] += nudge / h[0].norm() ** 2
+            screen = ft.GreedyScreen(weight)
+            ties += 1
+        assert screen.argmax(h).item() == (h @ weight.t()).argmax().item(), trial
+    assert ties == 100
+    huge = torch.full((1, 64), 1e5)  # beyond float16: the plain product decides
+    assert screen.argmax(huge).item() == (huge @ weight.t()).argmax().item()
 
 
 def test_validation_loss_is_the_mean_over_tokens_not_over_batches(tmp_path):
