@@ -1,16 +1,19 @@
 """finetune_gpt2.py vs Hugging Face transformers' GPT2LMHeadModel, side by side on the same CPU and the same weights.
 
 GPT-2 small's shape (124M parameters, random weights saved once and loaded by both), batch 4 x 128 tokens:
-  - one training step (forward, loss, backward, AdamW update) in float32 (and with bfloat16 autocast: --bf16);
-  - greedy generation of 128 new tokens after a 16-token prompt (batch 1, KV cache), ours with its weights in the
-    memory order that its generate mode uses on a CPU (use_decoding_layout);
-  - the floor under generation: per token, only one matrix-vector product per weight matrix (each weight read once,
-    the memory-bandwidth bound of any float32 decoder), with the matrices in four memory orders (see floor_worker).
+  - one training step (forward, loss, backward, AdamW update) in float32 (and with bfloat16 autocast: --bf16); ours
+    with the two settings finetune_gpt2.py makes when it trains on a CPU (fused AdamW, keep_freed_memory), and
+    transformers plain, with fused AdamW, and with both settings, to show what the settings alone are worth;
+  - greedy generation of 128 new tokens after a 16-token prompt (batch 1, KV cache), ours as its generate mode runs
+    on a CPU (use_decoding_layout: the weights' memory order, and the float16 GreedyScreen if it times faster);
+  - the floor under float32 generation: per token, only one matrix-vector product per weight matrix (each weight read
+    once, the memory-bandwidth bound of any decoder that reads every weight in float32), with the matrices in four
+    memory orders (see floor_worker). The screen reads the output layer in float16, so ours can pass this floor.
 Both sides must produce the same outputs: the same losses step after step (so the same updates) and the same tokens.
 Each measurement runs in its own process, so its peak memory (maximum resident set size) is its own.
 
 Run (the CPU is shared: take the lock):
-    flock /tmp/nanoverse.cpu.lock python benchmarks/bench_finetune_gpt2.py            # ~4 min on 2 cores
+    flock /tmp/nanoverse.cpu.lock python benchmarks/bench_finetune_gpt2.py            # ~3.5 min on 2 cores
     python benchmarks/bench_finetune_gpt2.py --steps 5 --new_tokens 256 --device cuda  # on a GPU machine
 """
 
@@ -52,7 +55,11 @@ def adamw(model, fused):
     return torch.optim.AdamW(groups, lr=1e-4, fused=fused)
 
 
-def train_worker(side, folder, dtype, steps, device, fused):
+def train_worker(side, folder, dtype, steps, device, fused, keep_memory):
+    if keep_memory and device.type == "cpu":  # what finetune_gpt2.py does when it trains on a CPU
+        import finetune_gpt2 as ft
+
+        assert ft.keep_freed_memory(), "glibc's mallopt is not available here"
     model = load(side, folder, device).train()
     if side == "ours":
         import finetune_gpt2 as ft
@@ -199,7 +206,8 @@ def worker(args):
     elif args.task == "layouts":
         result = layout_worker(args.folder, device)
     else:
-        result = train_worker(args.side, args.folder, args.task.split("-")[1], args.steps, device, args.fused)
+        result = train_worker(args.side, args.folder, args.task.split("-")[1], args.steps, device, args.fused,
+                              args.side == "ours" or args.keep_memory)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     print(json.dumps(result | {"peak_mib": peak}))
@@ -220,7 +228,7 @@ def matmul_flops(device):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=3, help="timed training steps after one warm-up step")
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps after one warm-up step")
     parser.add_argument("--new_tokens", type=int, default=128, help="tokens generated greedily")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--bf16", action="store_true",
@@ -228,6 +236,7 @@ def main():
     parser.add_argument("--worker", nargs=2, metavar=("SIDE", "TASK"), help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--fused", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--keep_memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         args.side, args.task = args.worker
@@ -248,6 +257,7 @@ def main():
     flops_per_token = 6 * (n_params - 1024 * 768) + 12 * 12 * 768 * BLOCK
 
     tasks = [("train-float32", "transformers", False), ("train-float32", "transformers + fused AdamW", True),
+             ("train-float32", "transformers + fused AdamW + kept memory", True),
              ("train-float32", "finetune_gpt2", False), ("generate", "transformers", False),
              ("generate", "finetune_gpt2", False), ("floor", "matrix-vector products only", False),
              ("floor-transposed", "matrix-vector products only", False),
@@ -255,17 +265,18 @@ def main():
              ("floor-decoding-layout", "matrix-vector products only", False)]
     if args.bf16:
         tasks[3:3] = [("train-bfloat16", "transformers", False), ("train-bfloat16", "finetune_gpt2", False)]
-    def run_worker(side, task, fused=False):
+    def run_worker(side, task, fused=False, keep_memory=False):
         command = [sys.executable, __file__, "--worker", side, task, "--folder", str(folder), "--steps",
                    str(args.steps), "--new_tokens", str(args.new_tokens), "--device", args.device] + \
-            (["--fused"] if fused else [])
+            (["--fused"] if fused else []) + (["--keep_memory"] if keep_memory else [])
         output = subprocess.run(command, capture_output=True, text=True, check=True,
                                 env=os.environ | {"TOKENIZERS_PARALLELISM": "false"}).stdout
         return json.loads(output.strip().splitlines()[-1])
 
     results = {}
     for task, side, fused in tasks:
-        results[task, side] = run_worker("ours" if side == "finetune_gpt2" else "hf", task, fused)
+        results[task, side] = run_worker("ours" if side == "finetune_gpt2" else "hf", task, fused,
+                                         keep_memory=side.endswith("kept memory"))
         print(f"done: {task:15s} {side:27s} {results[task, side]['tokens_per_sec']:8.1f} tok/s", flush=True)
     layouts = run_worker("ours", "layouts")["layouts"]
 

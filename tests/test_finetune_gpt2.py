@@ -8,6 +8,7 @@ import ast
 import http.server
 import json
 import math
+import platform
 import re
 import subprocess
 import sys
@@ -498,6 +499,38 @@ def test_finetune_lowers_the_loss_and_saves_a_loadable_folder(tmp_path, data_dir
     assert "base_model" not in (out / "hf" / "README.md").read_text()  # a local folder is no Hub base model
 
 
+KEEP_MEMORY_PROBE = """
+import ctypes, sys
+import torch
+import finetune_gpt2 as ft
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+kept = ft.keep_freed_memory() if sys.argv[1] == "keep" else None
+before = libc.mallinfo2().hblkhd
+x = torch.ones(64 * 2**20 // 4)  # 64 MiB, over glibc's largest mmap threshold
+mapped = libc.mallinfo2().hblkhd - before
+del x
+print(kept, mapped >> 20, libc.mallinfo2().fordblks >> 20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's allocator only")
+def test_keep_freed_memory_serves_large_blocks_from_the_heap_and_keeps_them():
+    def probe(mode):
+        out = subprocess.run([sys.executable, "-c", KEEP_MEMORY_PROBE, mode], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+        return out[0], int(out[1]), int(out[2])
+
+    kept, mapped, free_in_heap = probe("plain")  # glibc's default: its own mmap, handed back when freed
+    assert mapped >= 64 and free_in_heap < 64
+    kept, mapped, free_in_heap = probe("keep")  # what finetune_gpt2.py does before it trains on a CPU
+    assert kept == "True" and mapped == 0 and free_in_heap >= 64
+
+
 def test_command_line_tolerates_a_notebook_and_names_bad_flags():
     config, given = ft.parse_config(["-f", "/root/.local/share/jupyter/runtime/kernel-1.json", "--no-compile"])
     assert config.compile is False and config.init_from == "gpt2" and given == {"compile"}
@@ -737,9 +770,12 @@ def test_mistakes_are_refused_before_any_work(small_run, tmp_path, capsys):
     assert trainable == 2 * 32 == total - (50257 + 64) * 32 - 2 * 12 * 32 * 32 - 2 * 13 * 32  # only ln_f is left
 
 
-def test_freeze_layers_trains_only_the_top_of_the_network(small_run, tmp_path):
+def test_freeze_layers_trains_only_the_top_of_the_network(small_run, tmp_path, monkeypatch):
     out = tmp_path / "out"
+    calls = []
+    monkeypatch.setattr(ft, "keep_freed_memory", lambda: calls.append("finetune"))
     ft.main(small_run + ["--out_dir", str(out), "--freeze_layers", "1", "--max_steps", "2"])
+    assert calls == ["finetune"]  # training on a CPU keeps its freed memory (the test above shows what that does)
     trained = torch.load(out / "ckpt.pt", weights_only=True)["model"]
     base = ft.load_hf_folder(Path(small_run[small_run.index("--init_from") + 1])).state_dict()
     unchanged = {name for name in base if torch.equal(base[name], trained[name])}
@@ -748,7 +784,8 @@ def test_freeze_layers_trains_only_the_top_of_the_network(small_run, tmp_path):
     assert unchanged == frozen  # the embeddings (and so the tied output layer) and block 0; block 1 and ln_f train
 
 
-def test_prompt_from_a_file_and_several_sequences(small_run, tmp_path, capsys):
+def test_prompt_from_a_file_and_several_sequences(small_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(ft, "keep_freed_memory", lambda: pytest.fail("only training changes the allocator"))
     (tmp_path / "prompt.txt").write_text("Roses are red,\nviolets are", encoding="utf-8")
     generate = small_run + ["--mode", "generate", "--num_return_sequences", "3", "--max_new_tokens", "4"]
     ft.main(generate + ["--prompt", f"FILE:{tmp_path / 'prompt.txt'}", "--temperature", "1.0", "--seed", "3"])
