@@ -892,37 +892,49 @@ def choose_next_token(logits, context, temperature=1.0, top_k=0, top_p=1.0, repe
 
 
 class GreedyScreen:
-    """Greedy decoding's choice, exactly, with the output layer read in half precision (batch 1, on a CPU).
+    """Greedy decoding's choice, with the output layer read in half precision (batch 1, on a CPU).
 
     The output layer is the largest single read of a decoded token: 50257 x 768 floats, 154 MB, a third of GPT-2
     small, while greedy decoding needs only the position of the largest logit. A float16 copy of it is half the bytes
-    and gives every logit to within a margin we can bound. With h the final hidden state, w_j the float32 row of
-    token j, h16 and w16_j their float16 roundings and a_j their product (added up in float32, as PyTorch's CPU
-    kernels do, then rounded to float16), by the Cauchy-Schwarz inequality:
+    and gives every logit to within a margin we can bound. With h the final hidden state (n numbers), w_j the float32
+    row of token j, h16 and w16_j their float16 roundings and a_j their product (added up in float32, which PyTorch's
+    CPU kernels do unless told otherwise, then rounded to float16), by the Cauchy-Schwarz inequality:
       |a_j - h.w_j| <= |h|*|w16_j - w_j| + |h16 - h|*|w16_j|     (rounding the weights, then h)
-                       + 2**-12 * |h|*|w16_j|                      (float32 sums of up to 2048 terms, both products)
+                       + n * 2**-22 * |h|*|w16_j|                  (float32 sums of n terms, in both products, twice)
                        + 2**-10 * |a_j| + 2**-24                   (rounding the result to float16)
     Any row whose a_j plus its margin reaches the best a_k minus its margin could hold the largest logit. There are
-    a handful, and their float32 logits decide: the token is the one the float32 product chooses. (Up to float32's
-    own rounding: two logits within about 1e-7 of each other, relatively, may come out in either order from two
-    float32 kernels that add in different orders, as from ours and transformers' too.)
+    usually a handful, and their float32 logits decide. So the token is the float32 argmax over the candidates,
+    which is the float32 argmax over the whole vocabulary, up to float32's own rounding: two logits within about 1e-7
+    of each other, relatively, may come out in either order from two float32 kernels that add in different orders
+    (ours and transformers' too). The float16 copy is a snapshot: once the weights change, generate stops using it.
     """
 
     def __init__(self, weight):
         self.weight = weight  # (vocab, n_embd) float32, the model's own: the candidates' exact logits come from it
+        self.version, self.device = weight._version, weight.device  # the snapshot's weights
         self.half = weight.detach().to(torch.float16, memory_format=torch.contiguous_format)
-        rounded = self.half.float()
-        self.rounding = (rounded - weight.detach()).norm(dim=1)  # |w16_j - w_j| per row, (vocab,)
-        self.norm = rounded.norm(dim=1)  # |w16_j|
+        self.rounding = torch.empty(weight.size(0))  # |w16_j - w_j| per row
+        self.norm = torch.empty(weight.size(0))  # |w16_j|
+        for start in range(0, weight.size(0), 4096):  # a slice at a time: no float32 copy of the whole matrix
+            rows = slice(start, start + 4096)
+            rounded = self.half[rows].float()
+            self.rounding[rows] = (rounded - weight.detach()[rows]).norm(dim=1)
+            self.norm[rows] = rounded.norm(dim=1)
+        self.sums = weight.size(1) * 2 ** -22
+
+    def still_fits(self, weight):
+        """The snapshot is of these weights, unchanged since, and the float32 sums are not allowed float16 steps."""
+        return (weight is self.weight and weight._version == self.version and weight.device == self.device
+                and not getattr(torch._C, "_get_cpu_allow_fp16_reduced_precision_reduction", bool)())
 
     def argmax(self, h):
         """h (1, n_embd) float32 -> the token with the largest float32 logit, (1, 1)."""
         h16 = h.half()
         approx = F.linear(h16, self.half)[0].float()
-        if not torch.isfinite(approx).all():  # beyond float16's range (65504): the plain product decides
+        if not torch.isfinite(approx).all():  # beyond float16's range (65504), or not a number: the plain product
             return F.linear(h, self.weight).argmax(dim=-1, keepdim=True)
         h_norm = h.norm()
-        margin = (h_norm * self.rounding + ((h16.float() - h).norm() + 2 ** -12 * h_norm) * self.norm
+        margin = (h_norm * self.rounding + ((h16.float() - h).norm() + self.sums * h_norm) * self.norm
                   + 2 ** -10 * approx.abs() + 2 ** -24)
         candidates = torch.nonzero(approx + margin >= (approx - margin).max()).flatten()  # ascending, like argmax
         return candidates[F.linear(h, self.weight[candidates]).argmax(dim=-1, keepdim=True)]
@@ -943,6 +955,8 @@ def generate(model, idx, max_new_tokens, eot_id=None, use_cache=True, generator=
     plain_greedy = (decoding.get("temperature", 1.0) == 0 and decoding.get("repetition_penalty", 1.0) == 1.0
                     and not decoding.get("no_repeat_ngram_size", 0))
     screen = getattr(model, "greedy_screen", None) if plain_greedy and idx.size(0) == 1 else None
+    if screen is not None and not screen.still_fits(model.lm_head.weight):
+        screen = None
     for _ in range(max_new_tokens):
         if idx.size(1) - window_start > block_size:
             window_start, past_kv = idx.size(1) - max(1, block_size // 2), None
@@ -979,7 +993,8 @@ def use_decoding_layout(model):
     generate and evaluate modes, on a CPU, call this.
 
     Greedy decoding at batch 1 also gets a GreedyScreen (the output layer in half precision, same tokens), if a
-    quick timing here finds it faster than the float32 product: on a CPU without fast float16 arithmetic it is not.
+    quick timing here finds it faster than the float32 product: on a CPU without fast float16 arithmetic it is not,
+    and on a busy machine the timing can go either way (the tokens are the same either way).
     """
     for module in model.modules():
         if isinstance(module, nn.Linear) and module.out_features >= module.in_features:
@@ -1174,7 +1189,9 @@ def keep_freed_memory():
     4 KiB page on first touch: about an eighth of a CPU training step on the machine in benchmarks/RESULTS.md. Two
     settings (the environment variables MALLOC_MMAP_MAX_=0 and MALLOC_TRIM_THRESHOLD_ do the same) serve those blocks
     from the heap and keep the heap's free memory: faster steps, about 15% more peak memory. Returns whether they
-    took; on other C libraries (macOS, Windows, musl) it does nothing. GPU memory has PyTorch's own caching allocator.
+    took; on other C libraries (macOS, Windows, musl) it does nothing, and under a preloaded jemalloc or tcmalloc it
+    reports True but changes nothing. It holds for the whole process, for good: in a notebook, the kernel keeps the
+    memory it freed until it restarts. GPU memory has PyTorch's own caching allocator.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")

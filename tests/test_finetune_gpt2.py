@@ -8,6 +8,7 @@ import ast
 import http.server
 import json
 import math
+import os
 import platform
 import re
 import subprocess
@@ -217,6 +218,10 @@ def test_top_k_1_sampling_is_greedy_and_cache_changes_nothing(tmp_path):
     greedy = ft.generate(model, prompt, 30, temperature=0.0)  # 35 tokens: the 16-token window slides twice
     sampled = ft.generate(model, prompt, 30, temperature=1.3, top_k=1, generator=torch.Generator().manual_seed(1))
     assert torch.equal(greedy, sampled)
+    model.greedy_screen = ft.GreedyScreen(model.lm_head.weight)  # greedy decoding of one row reads it, window and all
+    for row in range(2):
+        assert torch.equal(ft.generate(model, prompt[row:row + 1], 30, temperature=0.0), greedy[row:row + 1])
+    del model.greedy_screen
     for options in (dict(temperature=0.0, repetition_penalty=1.5, no_repeat_ngram_size=2),
                     dict(temperature=0.9, top_p=0.8)):
         cached = ft.generate(model, prompt, 30, generator=torch.Generator().manual_seed(2), **options)
@@ -250,26 +255,43 @@ def test_decoding_layout_changes_the_memory_order_only(tmp_path, gpt2_encoding):
         assert (reloaded(idx).logits - before).abs().max().item() <= 1e-5
 
 
-def test_greedy_screen_chooses_what_the_float32_product_chooses():
+@pytest.mark.parametrize("regime, weight_scale, h_scale, gap", [
+    ("ordinary", 0.1, 1.0, 1e-4),
+    ("weights below float16's normal range", 1e-7, 1.0, 3e-2),  # only the weights' rounding term covers this
+    ("h below float16's normal range", 10.0, 1e-6, 3e-3),  # only h's rounding term covers this
+])
+def test_greedy_screen_chooses_what_the_float32_product_chooses(regime, weight_scale, h_scale, gap):
     generator = torch.Generator().manual_seed(0)
-    weight = torch.randn(4000, 64, generator=generator) * 0.1
-    weight[:, :3] *= 30  # a few large dimensions, as GPT-2's embeddings have
-    screen = ft.GreedyScreen(weight)
-    ties = 0
-    for trial in range(300):
-        h = torch.randn(1, 64, generator=generator) * 10 ** (trial % 4 - 1)
-        if trial % 3 == 0:  # a runner-up within float16's rounding of the winner: only the margins keep it in play
-            logits = (h @ weight.t())[0]
-            best = logits.argmax()
-            runner_up = (logits - logits[best]).abs().argsort()[1]
-            nudge = h[0] * (logits[best] - logits[runner_up] + 1e-4 * logits[best].abs() * (trial % 2 - 0.5))
-            weight[runner_up] += nudge / h[0].norm() ** 2
-            screen = ft.GreedyScreen(weight)
-            ties += 1
+    for trial in range(100):
+        weight = torch.randn(2000, 64, generator=generator) * weight_scale
+        if regime == "ordinary":
+            weight[:, :3] *= 30  # a few large dimensions, as GPT-2's embeddings have
+        h = torch.randn(1, 64, generator=generator) * h_scale
+        if regime.startswith("weights"):
+            h = h.half().float()  # exact in float16, so that only the weights' rounding is left
+        # a runner-up within float16's rounding of the winner, above or below it: only the margins keep it in play
+        logits = (h @ weight.t())[0]
+        best = logits.argmax()
+        runner_up = (logits - logits[best]).abs().argsort()[1]
+        target = logits[best] + gap * logits[best].abs() * (torch.rand(1, generator=generator) - 0.5)
+        weight[runner_up] += h[0] * (target - logits[runner_up]) / h[0].norm() ** 2
+        screen = ft.GreedyScreen(weight)
         assert screen.argmax(h).item() == (h @ weight.t()).argmax().item(), trial
-    assert ties == 100
     huge = torch.full((1, 64), 1e5)  # beyond float16: the plain product decides
     assert screen.argmax(huge).item() == (huge @ weight.t()).argmax().item()
+
+
+def test_a_greedy_screen_of_old_weights_is_not_used(tmp_path):
+    tiny_hf_model(2, 2, 32, 64, 300).save_pretrained(tmp_path)
+    model = ft.load_hf_folder(tmp_path)
+    prompt = torch.randint(0, 300, (1, 5), generator=torch.Generator().manual_seed(0))
+    model.greedy_screen = ft.GreedyScreen(model.lm_head.weight)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1)  # a new output layer (fine-tuned further, say): the float16 copy is stale
+    assert not model.greedy_screen.still_fits(model.lm_head.weight)
+    with_stale_screen = ft.generate(model, prompt, 10, temperature=0.0)
+    del model.greedy_screen
+    assert torch.equal(with_stale_screen, ft.generate(model, prompt, 10, temperature=0.0))
 
 
 def test_validation_loss_is_the_mean_over_tokens_not_over_batches(tmp_path):
@@ -401,7 +423,7 @@ def test_malformed_safetensors_are_rejected(case, tmp_path):
     assert str(error.value).count("\n") == 0 and str(path) in str(error.value)
 
 
-def test_main_names_a_bad_weights_file_in_one_sentence(tmp_path):
+def test_main_names_a_bad_weights_file_in_one_sentence(tmp_path, gpt2_encoding):
     tiny_hf_model().save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes((tmp_path / "model.safetensors").read_bytes()[:1000])
     with pytest.raises(SystemExit, match="not a valid safetensors file"):
@@ -517,12 +539,16 @@ print(kept, mapped >> 20, libc.mallinfo2().fordblks >> 20)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
-                    reason="glibc's allocator only")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc"
+                    or tuple(int(part) for part in platform.libc_ver()[1].split(".")[:2]) < (2, 33),
+                    reason="glibc's allocator only, and its mallinfo2 (glibc 2.33)")
 def test_keep_freed_memory_serves_large_blocks_from_the_heap_and_keeps_them():
+    clean = {name: value for name, value in os.environ.items()  # the allocator as glibc sets it up by default
+             if not name.startswith("MALLOC_") and name != "LD_PRELOAD"}
+
     def probe(mode):
         out = subprocess.run([sys.executable, "-c", KEEP_MEMORY_PROBE, mode], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout.split()
+                             text=True, check=True, env=clean).stdout.split()
         return out[0], int(out[1]), int(out[2])
 
     kept, mapped, free_in_heap = probe("plain")  # glibc's default: its own mmap, handed back when freed
@@ -774,7 +800,7 @@ def test_freeze_layers_trains_only_the_top_of_the_network(small_run, tmp_path, m
     out = tmp_path / "out"
     calls = []
     monkeypatch.setattr(ft, "keep_freed_memory", lambda: calls.append("finetune"))
-    ft.main(small_run + ["--out_dir", str(out), "--freeze_layers", "1", "--max_steps", "2"])
+    ft.main(small_run + ["--out_dir", str(out), "--freeze_layers", "1", "--max_steps", "2", "--device", "cpu"])
     assert calls == ["finetune"]  # training on a CPU keeps its freed memory (the test above shows what that does)
     trained = torch.load(out / "ckpt.pt", weights_only=True)["model"]
     base = ft.load_hf_folder(Path(small_run[small_run.index("--init_from") + 1])).state_dict()
