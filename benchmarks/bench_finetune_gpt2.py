@@ -116,7 +116,8 @@ def generate_worker(side, folder, new_tokens, device):
         start = time.perf_counter()
         tokens = run(new_tokens)
         seconds = min(seconds, time.perf_counter() - start)
-    return {"tokens_per_sec": new_tokens / seconds, "ms": seconds * 1e3 / new_tokens, "tokens": tokens[0].tolist()}
+    return {"tokens_per_sec": new_tokens / seconds, "ms": seconds * 1e3 / new_tokens, "tokens": tokens[0].tolist(),
+            "screen": hasattr(model, "greedy_screen")}
 
 
 @torch.no_grad()
@@ -296,6 +297,7 @@ def main():
                 same = "-"
             elif task == "generate":
                 same = "yes" if result["tokens"] == baseline["tokens"] else "NO"
+                same += " (float16 screen)" if result["screen"] else " (no screen: float32 was faster here)"
             else:
                 tolerance = 1e-3 if task == "train-float32" else 5e-2
                 gap = max(abs(a - b) for a, b in zip(result["losses"], baseline["losses"]))
