@@ -81,7 +81,7 @@ class Config:
     # --- generation
     prompt: str = "Walking down the road of life"  # prompt text, or FILE:path to read it from a file
     max_new_tokens: int = 60  # tokens to generate per sample
-    num_return_sequences: int = 2  # samples per prompt
+    num_return_sequences: int = 2  # samples per prompt (greedy decoding, --temperature 0, gives one)
     temperature: float = 0.8  # <1 sharper, >1 more random; 0 is greedy decoding
     top_k: int = 0  # keep only the k most likely tokens; 0 keeps all
     top_p: float = 0.95  # nucleus sampling: the smallest set of tokens whose probability reaches top_p
@@ -1023,10 +1023,12 @@ def decoding_options(config):
 
 
 def sample_texts(model, encoding, prompt, config, device, seed):
-    """num_return_sequences continuations of prompt, cut at <|endoftext|>."""
+    """num_return_sequences continuations of prompt, cut at <|endoftext|>; one for greedy decoding, whose copies
+    would all be the same."""
     generator = torch.Generator(device=device).manual_seed(seed)
     prompt_ids = encoding.encode(prompt, allowed_special={EOT}) or [encoding.eot_token]
-    idx = torch.tensor([prompt_ids] * config.num_return_sequences, device=device)
+    rows = 1 if config.temperature == 0 else config.num_return_sequences
+    idx = torch.tensor([prompt_ids] * rows, device=device)
     out = generate(model, idx, config.max_new_tokens, eot_id=encoding.eot_token, generator=generator,
                    **decoding_options(config))
     texts = []

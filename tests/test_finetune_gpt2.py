@@ -820,6 +820,8 @@ def test_prompt_from_a_file_and_several_sequences(small_run, tmp_path, capsys, m
     assert model_line.startswith("model: ")
     assert len(samples) == 3 and all(text.startswith("Roses are red,\nviolets are") for text in samples)
     assert len(set(samples)) > 1  # three draws, not one printed three times
+    ft.main(generate + ["--prompt", f"FILE:{tmp_path / 'prompt.txt'}", "--temperature", "0"])
+    assert capsys.readouterr().out.count("-" * 80) == 1  # greedy decoding: one continuation, not three copies
     missing = tmp_path / "missing.txt"
     with pytest.raises(SystemExit) as error:
         ft.main(generate + ["--prompt", f"FILE:{missing}"])
