@@ -913,8 +913,8 @@ class GreedyScreen:
         self.weight = weight  # (vocab, n_embd) float32, the model's own: the candidates' exact logits come from it
         self.version, self.device = weight._version, weight.device  # the snapshot's weights
         self.half = weight.detach().to(torch.float16, memory_format=torch.contiguous_format)
-        self.rounding = torch.empty(weight.size(0))  # |w16_j - w_j| per row
-        self.norm = torch.empty(weight.size(0))  # |w16_j|
+        self.rounding = torch.empty(weight.size(0), device=weight.device)  # |w16_j - w_j| per row
+        self.norm = torch.empty(weight.size(0), device=weight.device)  # |w16_j|
         for start in range(0, weight.size(0), 4096):  # a slice at a time: no float32 copy of the whole matrix
             rows = slice(start, start + 4096)
             rounded = self.half[rows].float()
