@@ -102,6 +102,7 @@ class Config:
     out_dir: str = "out-seq2seq"  # checkpoints, log.jsonl, predictions-dev.tsv and attention-dev.png go here
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, mps
     threads: int = 0  # CPU threads for torch (0 = one per core)
+    precision: str = "auto"  # training's matrix products: float32, bfloat16 (autocast), or auto (see training_dtype)
 
 
 PAD, SOS, EOS, UNK = 0, 1, 2, 3
@@ -862,6 +863,32 @@ def pick_device(name):
     return name
 
 
+def training_dtype(precision, device):
+    """The dtype of training's matrix products. Under autocast the LSTM, linear and attention products read bfloat16
+    copies of their inputs, while the weights, Adam's state and the loss stay float32 (mixed precision, Micikevicius et
+    al. 2018, https://arxiv.org/abs/1710.03740; bfloat16 keeps float32's exponent range, so no loss scaling is needed).
+    auto picks bfloat16 only on a CPU with native bfloat16 instructions (AVX512-BF16 or AMX: oneDNN's LSTM then runs
+    about 1.5x faster); elsewhere, and on GPUs, float32. Decoding and evaluation always run in float32."""
+    if precision == "float32":
+        return torch.float32
+    if precision == "bfloat16":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.device(device).type == "cpu" and cpu_computes_bfloat16() else torch.float32
+
+
+def cpu_computes_bfloat16():
+    try:
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # an older or slimmer PyTorch build without the probe
+        return False
+
+
+def make_optimizer(model, config, device):
+    # The fused kernel updates all parameters in one pass (a few ms per step less on the CPU); it gives Adam's results.
+    return torch.optim.Adam(model.parameters(), lr=config.learning_rate,
+                            fused=torch.device(device).type in ("cpu", "cuda"))
+
+
 def dev_accuracy(model, pairs, vocabularies, config):
     """Greedy word accuracy per row: cheap enough to run after every epoch for early stopping."""
     candidates = transliterate(model, [s for s, _ in pairs], vocabularies, 1, config.max_output_length)
@@ -919,7 +946,7 @@ def train(config, given):
     progress = {"epoch": 0, "step": 0, "best_dev_accuracy": -1.0, "epochs_without_improvement": 0,
                 "train_seconds": 0.0, "learning_rate": config.learning_rate}
     model = Seq2Seq(config, len(vocabularies["source"]), len(vocabularies["target"])).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    optimizer = make_optimizer(model, config, device)
     if checkpoint is not None:
         if checkpoint["vocabularies"] != vocabularies:
             trained = {name: checkpoint["config"].get(name) for name in ("lang", "direction", "max_train_rows")}
@@ -927,7 +954,7 @@ def train(config, given):
                              f"{' '.join(as_option(k, v) for k, v in trained.items())}); resume with the same data "
                              f"options or use a new --out_dir.")
         model, config, vocabularies = model_from_checkpoint(checkpoint, given, device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+        optimizer = make_optimizer(model, config, device)
         optimizer.load_state_dict(checkpoint["optimizer"])
         progress = checkpoint["progress"]
         torch.set_rng_state(checkpoint["torch_rng"])
@@ -947,8 +974,10 @@ def train(config, given):
     if config.reverse_output:  # a right-to-left model learns each word backwards; transliterate() turns it round
         train_pairs = [(source, target[::-1]) for source, target in train_pairs]
     parameter_count = sum(p.numel() for p in model.parameters())
+    dtype = training_dtype(config.precision, device)
     print(f"{len(train_pairs)} training and {len(dev_pairs)} dev rows | source vocabulary {len(source_stoi)}, "
-          f"target vocabulary {len(target_stoi)} | {parameter_count:,} parameters | device {device}")
+          f"target vocabulary {len(target_stoi)} | {parameter_count:,} parameters | device {device} | training "
+          f"products in {str(dtype).removeprefix('torch.')}")
     for name, parameter in model.named_parameters():
         print(f"  {name:40s} {tuple(parameter.shape)}")
     log_file = open(out_dir / "log.jsonl", "a" if config.resume else "w")  # a new run starts a new log
@@ -977,8 +1006,9 @@ def train(config, given):
                     for group in optimizer.param_groups:
                         group["lr"] = learning_rate
                 step_in_epoch += 1
-                logits = model(source, lengths, target_inputs, config.teacher_forcing)
-                loss = sequence_loss(logits, target_outputs, config.label_smoothing)
+                with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
+                    logits = model(source, lengths, target_inputs, config.teacher_forcing)
+                loss = sequence_loss(logits.float(), target_outputs, config.label_smoothing)  # softmax in float32
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.grad_clip > 0:  # an occasional huge gradient (RNNs are prone to them) cannot wreck the model
@@ -1052,7 +1082,7 @@ def parse_config(argv):
                                      allow_abbrev=False)  # a misspelled or shortened flag is an error, never a guess
     helps = field_help()
     choices = {"cell": ("rnn", "gru", "lstm"), "attention": ("none", "dot", "additive"), "lang": LANGUAGES,
-               "lr_schedule": ("plateau", "linear"),
+               "lr_schedule": ("plateau", "linear"), "precision": ("auto", "float32", "bfloat16"),
                "direction": ("roman2native", "native2roman")}
     for field in dataclasses.fields(Config):
         help_text = helps.get(field.name, "") + (f" (default: {field.default})" if field.default != "" else "")

@@ -11,6 +11,10 @@ Run:
   NANOVERSE_DATA=../shared/data python benchmarks/bench_seq2seq_rnn.py --minutes 20 --extra "--lr_schedule linear" \
       --ensemble "--seed 1; --seed 1 --reverse_output"
   NANOVERSE_DATA=../shared/data python benchmarks/bench_seq2seq_rnn.py --table
+  NANOVERSE_DATA=../shared/data python benchmarks/bench_seq2seq_rnn.py --speed 200
+
+--speed N times N training steps of the default model on one thread, in float32 and with bfloat16 autocast, with
+Adam's plain and fused updates (nothing is saved).
 
 --ensemble "A; B; ..." trains one model per option set at the same time, one process per share of the cores, each for
 --minutes of training, then beam-searches dev with each model alone and with all of them as an ensemble.
@@ -97,6 +101,42 @@ def ensemble_run(option_sets, extra, minutes, results_dir):
     (results_dir / "ensemble.json").write_text(json.dumps(result, indent=1))
 
 
+def speed(steps):
+    """ms per training step of the default model (batch 64, one thread) for each precision and Adam update."""
+    torch.set_num_threads(1)
+    config = seq2seq_rnn.Config()
+    pairs = seq2seq_rnn.read_lexicon(seq2seq_rnn.lexicon_path(config, "train"), config.direction)
+    vocabularies = [seq2seq_rnn.build_vocabulary(words) for words in zip(*pairs)]
+    stoi = [{c: i for i, c in enumerate(vocabulary)} for vocabulary in vocabularies]
+    batches = seq2seq_rnn.batches_by_length(pairs, config.batch_size, torch.Generator().manual_seed(0))
+    batches = [seq2seq_rnn.make_batch([pairs[i] for i in indices], *stoi, "cpu") for indices in batches[:steps + 10]]
+    rows = []
+    for precision in ("float32", "bfloat16"):
+        if precision == "bfloat16" and not seq2seq_rnn.cpu_computes_bfloat16():
+            print("this CPU has no native bfloat16 (AVX512-BF16 or AMX): bfloat16 rows skipped")
+            continue
+        for fused in (False, True):
+            torch.manual_seed(0)
+            model = seq2seq_rnn.Seq2Seq(config, *map(len, vocabularies))
+            optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, fused=fused)
+            for i, (source, lengths, target_inputs, target_outputs) in enumerate(batches):
+                if i == 10:  # the first steps warm up oneDNN's kernels and the allocator
+                    start = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+                    logits = model(source, lengths, target_inputs)
+                loss = seq2seq_rnn.sequence_loss(logits.float(), target_outputs, config.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+            rows.append((precision, "fused" if fused else "plain", 1000 * (time.perf_counter() - start) / steps))
+    print(f"| products | Adam | ms per step ({steps} steps of {config.batch_size} words, 1 thread) | speed vs float32, "
+          f"plain Adam |")
+    print("| --- | --- | ---: | ---: |")
+    for precision, adam, ms in rows:
+        print(f"| {precision} | {adam} | {ms:.1f} | {rows[0][2] / ms:.2f}x |")
+
+
 def table(results_dir):
     rows = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
     ensembles = [r for r in rows if r["run"].startswith("ensemble")]
@@ -132,9 +172,13 @@ def main():
     parser.add_argument("--ensemble", default="", help="semicolon-separated seq2seq_rnn.py option sets: train one "
                         "model per set side by side and score their ensemble")
     parser.add_argument("--table", action="store_true", help="only print the table of the runs done so far")
+    parser.add_argument("--speed", type=int, default=0, help="time this many training steps per precision and "
+                        "Adam update, print that table, and stop")
     args = parser.parse_args()
     if not os.environ.get("NANOVERSE_DATA"):
         raise SystemExit("set NANOVERSE_DATA to the data mirror (with dakshina/hi/) so the runs read local files.")
+    if args.speed:
+        return speed(args.speed)
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     for name in filter(None, args.runs.split(",")):

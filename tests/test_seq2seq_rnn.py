@@ -381,13 +381,40 @@ def reversal_data(folder, train_size=1200, dev_size=100):
     write_lexicons(folder, {"train": pairs[dev_size:dev_size + train_size], "dev": pairs[:dev_size]})
 
 
-def test_learns_to_reverse_strings(tmp_path):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_learns_to_reverse_strings(tmp_path, precision):
     reversal_data(tmp_path / "data")
     metrics = s2s.main(["--data_dir", str(tmp_path / "data"), "--out_dir", str(tmp_path / "out"), "--cell", "gru",
                         "--hidden_size", "64", "--embedding_size", "16", "--epochs", "6", "--batch_size", "32",
-                        "--learning_rate", "0.01", "--dropout", "0", "--label_smoothing", "0", "--beam_size", "3"])
+                        "--learning_rate", "0.01", "--dropout", "0", "--label_smoothing", "0", "--beam_size", "3",
+                        "--precision", precision])
     assert metrics["word_accuracy"] > 0.9
     assert (tmp_path / "out" / "attention-dev.png").stat().st_size > 0
+    # Mixed precision computes in bfloat16 but keeps (and saves) float32 weights.
+    weights = torch.load(tmp_path / "out" / "best.pt", weights_only=True)["model"]
+    assert all(tensor.dtype == torch.float32 for tensor in weights.values())
+
+
+def test_bfloat16_training_computes_in_bfloat16(tmp_path):
+    """The same seed and data give other weights after one epoch in bfloat16 than in float32: autocast is really on."""
+    reversal_data(tmp_path / "data", train_size=200, dev_size=20)
+    common = ["--data_dir", str(tmp_path / "data"), "--cell", "lstm", "--hidden_size", "16", "--embedding_size", "8",
+              "--batch_size", "16", "--epochs", "1", "--heatmaps", "0"]
+    weights = {}
+    for precision in ("float32", "bfloat16"):
+        s2s.main(common + ["--precision", precision, "--out_dir", str(tmp_path / precision)])
+        weights[precision] = torch.load(tmp_path / precision / "last.pt", weights_only=True)["model"]
+    name = "encoder.rnn.weight_hh_l0"
+    assert not torch.equal(weights["float32"][name], weights["bfloat16"][name])
+
+
+def test_auto_precision_is_bfloat16_only_on_a_cpu_that_computes_it(monkeypatch):
+    assert s2s.training_dtype("float32", "cpu") == torch.float32
+    assert s2s.training_dtype("bfloat16", "cpu") == torch.bfloat16
+    for native in (True, False):
+        monkeypatch.setattr(s2s, "cpu_computes_bfloat16", lambda: native)
+        assert s2s.training_dtype("auto", "cpu") == (torch.bfloat16 if native else torch.float32)
+        assert s2s.training_dtype("auto", "cuda") == s2s.training_dtype("auto", "mps") == torch.float32
 
 
 def test_metrics_match_hand_computed_values():
