@@ -102,7 +102,7 @@ class Config:
     out_dir: str = "out-seq2seq"  # checkpoints, log.jsonl, predictions-dev.tsv and attention-dev.png go here
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, mps
     threads: int = 0  # CPU threads for torch (0 = one per core)
-    precision: str = "auto"  # training's matrix products: float32, bfloat16 (autocast), or auto (see training_dtype)
+    precision: str = "auto"  # training's products: float32, bfloat16 (autocast), auto (bfloat16 on a CPU that has it)
 
 
 PAD, SOS, EOS, UNK = 0, 1, 2, 3
