@@ -105,6 +105,7 @@ class GPTConfig:
     bias: bool = True  # biases in Linear and LayerNorm, as in GPT-2
     attention: str = "sdpa"  # sdpa (fused kernel) or manual (the math written out)
     activation: str = "gelu"  # gelu (tanh approximation, as GPT-2) or relu
+    mlp_ratio: int = 4  # MLP width over n_embd (n_inner / n_embd in config.json; null there means 4)
     layer_norm_epsilon: float = 1e-5  # LayerNorm's epsilon
 
 
@@ -178,14 +179,14 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """The position-wise feed-forward network: widen 4x, non-linearity, project back."""
+    """The position-wise feed-forward network: widen mlp_ratio times (4 in GPT-2), non-linearity, project back."""
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_ratio * config.n_embd, bias=config.bias)
         # GPT-2 uses GELU with the tanh approximation (Hendrycks & Gimpel 2016); exact GELU drifts from its weights.
         self.act = nn.GELU(approximate="tanh") if config.activation == "gelu" else nn.ReLU()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_ratio * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
@@ -423,7 +424,8 @@ def config_from_hf(hf, source):
     if hf.get("activation_function", "gelu_new") not in activations:
         raise CheckpointError(f"{source} uses activation {hf['activation_function']!r}; the block here computes "
                               f"GPT-2's tanh GELU (gelu_new) or relu")
-    if hf.get("n_inner") not in (None, 4 * hf["n_embd"]) or hf.get("scale_attn_by_inverse_layer_idx") or \
+    n_inner = hf.get("n_inner") or 4 * hf["n_embd"]  # null means GPT-2's 4 x n_embd
+    if not isinstance(n_inner, int) or n_inner % hf["n_embd"] or hf.get("scale_attn_by_inverse_layer_idx") or \
             hf.get("reorder_and_upcast_attn") or not hf.get("scale_attn_weights", True) or \
             hf.get("add_cross_attention") or not hf.get("tie_word_embeddings", True):
         raise CheckpointError(f"{source} changes GPT-2's architecture (n_inner, attention scaling, cross-attention or "
@@ -431,14 +433,15 @@ def config_from_hf(hf, source):
     return GPTConfig(vocab_size=hf["vocab_size"], block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
                      n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
                      activation=activations[hf.get("activation_function", "gelu_new")],
-                     layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5))
+                     mlp_ratio=n_inner // hf["n_embd"], layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5))
 
 
 def config_to_hf(config):
     """The config.json that transformers' GPT2LMHeadModel.from_pretrained expects."""
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
             "vocab_size": config.vocab_size, "n_positions": config.block_size, "n_ctx": config.block_size,
-            "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd, "n_inner": None,
+            "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
+            "n_inner": None if config.mlp_ratio == 4 else config.mlp_ratio * config.n_embd,
             "activation_function": "gelu_new" if config.activation == "gelu" else "relu",
             "layer_norm_epsilon": config.layer_norm_epsilon, "resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1,
             "initializer_range": 0.02, "bos_token_id": 50256, "eos_token_id": 50256, "tie_word_embeddings": True,

@@ -58,6 +58,7 @@ class Config:
     bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
     attention: str = "sdpa"  # sdpa (fused scaled_dot_product_attention) or manual (the math written out)
     activation: str = "gelu"  # gelu (tanh approximation, as GPT-2) or relu (as the original transformer)
+    mlp_ratio: int = 4  # width of the MLP over n_embd (GPT-2's n_inner = 4 * n_embd)
     layer_norm_epsilon: float = 1e-5  # LayerNorm's epsilon, GPT-2's value
     rope_theta: float = 10000.0  # RoPE base: channel pair i of a head turns by theta^(-2i/head_size) per position
     # --- training
@@ -106,7 +107,7 @@ PRESETS = {
 
 # Fields that define the model: a resumed or sampled checkpoint always uses its own values.
 MODEL_SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "rope_theta", "activation",
-                      "layer_norm_epsilon")
+                      "mlp_ratio", "layer_norm_epsilon")
 # What a resumed run takes from its checkpoint unless the command line sets it again (--max_iters 5000 to go on).
 RESUMED_SETTINGS = ("max_iters", "batch_size", "grad_accum_steps", "learning_rate", "min_lr", "warmup_iters",
                     "lr_decay_iters", "weight_decay", "beta1", "beta2", "grad_clip", "dropout", "eval_interval",
@@ -197,14 +198,14 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """The position-wise feed-forward network: widen 4x, non-linearity, project back."""
+    """The position-wise feed-forward network: widen mlp_ratio times (4 in GPT-2), non-linearity, project back."""
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_ratio * config.n_embd, bias=config.bias)
         # GPT-2 uses GELU with the tanh approximation (Hendrycks & Gimpel 2016); exact GELU drifts from its weights.
         self.act = nn.GELU(approximate="tanh") if config.activation == "gelu" else nn.ReLU()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_ratio * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):

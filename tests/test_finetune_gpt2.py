@@ -27,17 +27,17 @@ from conftest import ROOT
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
-SHAPES = [  # (n_layer, n_head, n_embd, n_positions, vocab_size)
+SHAPES = [  # (n_layer, n_head, n_embd, n_positions, vocab_size[, n_inner])
     (2, 2, 32, 64, 300),
-    (3, 4, 48, 32, 257),
+    (3, 4, 48, 32, 257, 96),  # an MLP twice as wide as the residual stream, not GPT-2's four times
     (1, 1, 16, 40, 1000),
 ]
 
 
-def tiny_hf_model(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=300, seed=0):
+def tiny_hf_model(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=300, n_inner=None, seed=0):
     torch.manual_seed(seed)
     config = transformers.GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=n_positions,
-                                     vocab_size=vocab_size, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                     vocab_size=vocab_size, n_inner=n_inner, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                      bos_token_id=0, eos_token_id=0)
     model = transformers.GPT2LMHeadModel(config).eval()
     with torch.no_grad():  # random LayerNorm gains and biases too, so that a mapping mistake cannot hide
@@ -118,6 +118,7 @@ def test_loader_matches_transformers(shape, file_format, tmp_path):
     expected_tokens = reference.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=0,
                                          eos_token_id=None, attention_mask=torch.ones_like(prompt))
     assert ft.generate(model, prompt, 20, temperature=0.0).tolist() == expected_tokens.tolist()
+    assert ft.config_to_hf(model.config)["n_inner"] == reference.config.n_inner  # written back as it was read
 
 
 def test_saved_folder_loads_in_transformers(tmp_path, gpt2_encoding):
