@@ -821,5 +821,6 @@ def _without_notebook_arguments(arguments):
     return arguments
 
 
+# %% Run
 if __name__ == "__main__":
     main()

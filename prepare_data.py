@@ -829,5 +829,6 @@ def main(argv=None):
     return prepare(Config(**vars(args)))
 
 
+# %% Run
 if __name__ == "__main__":
     main()
