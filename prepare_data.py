@@ -123,9 +123,7 @@ def cleanse(documents, config):
     report = Counter({rule: 0 for rule in CLEANSING_RULES})
     kept, seen_exact, seen_folded = [], set(), set()
     for document in documents:
-        text = document["text"]
-        if not isinstance(text, str):  # a null or a number where a poem should be
-            text = "" if text is None else str(text)
+        text = "" if document["text"] is None else str(document["text"])  # a null or a number where a poem should be
         if config.clean:
             text = clean_text(text, config, report)
             if not text.strip():
@@ -175,8 +173,7 @@ def explore(documents, seed, samples):
         chars_per_document.append(len(text))
         lines_per_document.append(len(lines))
         chars_per_line.extend(len(line) for line in lines if line.strip())
-    total_chars = sum(characters.values())
-    non_ascii = {char: count for char, count in characters.items() if ord(char) > 127}
+    total_chars, non_ascii = sum(characters.values()), Counter({c: n for c, n in characters.items() if ord(c) > 127})
     authors = Counter(document["author"] for document in documents if document.get("author"))
     picks = random.Random(seed).sample(range(len(documents)), min(samples, len(documents)))
     counts, edges = np.histogram(words_per_document, bins=np.geomspace(1, max(words_per_document) + 2, 30))
@@ -189,7 +186,7 @@ def explore(documents, seed, samples):
             "top_words_without_stopwords": [(w, n) for w, n in words.most_common() if w not in STOPWORDS][:25],
             "character_vocabulary": len(characters),
             "non_ascii_share": round(sum(non_ascii.values()) / max(total_chars, 1), 6),
-            "top_non_ascii_characters": Counter(non_ascii).most_common(20), "authors": len(authors),
+            "top_non_ascii_characters": non_ascii.most_common(20), "authors": len(authors),
             "documents_per_author": authors.most_common(20), "samples": [documents[i]["text"][:400] for i in picks],
             "histogram_words_per_document": {"bin_edges": edges.round(1).tolist(), "documents": counts.tolist()}}
 
@@ -212,20 +209,19 @@ def plot_eda(eda, documents, path):
     line_lengths = [len(line) for document in documents for line in document["text"].split("\n") if line.strip()]
     axes[0, 1].hist(line_lengths, bins=range(0, min(max(line_lengths, default=1), 200) + 2, 2), color="tab:green")
     axes[0, 1].set(title="characters per non-empty line", xlabel="characters", ylabel="lines")
-    top = eda["top_words_without_stopwords"][:20][::-1]
-    axes[1, 0].barh([word for word, _ in top], [count for _, count in top], color="tab:orange")
+    words, counts = zip(*eda["top_words_without_stopwords"][:20][::-1])
+    axes[1, 0].barh(words, counts, color="tab:orange")
     axes[1, 0].set(title="most frequent words (stopwords removed)", xlabel="count")
     if eda["documents_per_author"]:
-        top = eda["documents_per_author"][:20][::-1]
-        axes[1, 1].barh([str(author)[:24] for author, _ in top], [count for _, count in top], color="tab:purple")
+        authors, counts = zip(*eda["documents_per_author"][:20][::-1])
+        axes[1, 1].barh([str(author)[:24] for author in authors], counts, color="tab:purple")
         axes[1, 1].set(title="documents per author (top 20)", xlabel="documents")
     else:
-        counts = Counter(char for document in documents for char in document["text"] if not char.isspace())
-        top = counts.most_common(30)
-        axes[1, 1].bar([char for char, _ in top], [count for _, count in top], color="tab:purple")
+        characters, counts = zip(*Counter(c for d in documents for c in d["text"] if not c.isspace()).most_common(30))
+        axes[1, 1].bar(characters, counts, color="tab:purple")
         axes[1, 1].set(title="most frequent characters", ylabel="count")
-    documents_label = "1 document" if eda["documents"] == 1 else f"{eda['documents']:,} documents"
-    figure.suptitle(f"{documents_label}, {eda['words']:,} words, {eda['characters']:,} characters")
+    figure.suptitle(f"{eda['documents']:,} document{'s' * (eda['documents'] > 1)}, {eda['words']:,} words, "
+                    f"{eda['characters']:,} characters")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=80)
@@ -349,8 +345,7 @@ def prepare(config):
     # on it leaves the output folder as it was.
     config.split = config.split or ("contiguous" if len(texts) == 1 else "doc")
     train_texts, val_texts = split_documents(texts, config)
-    eda = explore(documents, config.seed, config.samples)
-    eda["cleansing"] = report
+    eda = {**explore(documents, config.seed, config.samples), "cleansing": report}
     print_summary(eda, report, config.clean)
     encode, decode, vocab_size, eot_id, save_tokenizer = build_tokenizer(config, train_texts, "\n\n".join(texts))
     dtype = "uint16" if vocab_size <= 1 << 16 else "uint32"  # half the disk and memory when the ids fit
@@ -361,8 +356,7 @@ def prepare(config):
     # token files described by an old meta.json.
     (out_dir / "meta.json").unlink(missing_ok=True)
     write_atomic(out_dir / "cleansed.txt", "\n\n".join(texts).encode())
-    jsonl = "".join(json.dumps(document, ensure_ascii=False) + "\n" for document in documents)
-    write_atomic(out_dir / "cleansed.jsonl", jsonl.encode())
+    write_atomic(out_dir / "cleansed.jsonl", "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in documents).encode())
     if config.eda:
         write_atomic(out_dir / "eda.json", json.dumps(eda, indent=1, ensure_ascii=False).encode())
         plot_eda(eda, documents, out_dir / "eda.png")
@@ -503,7 +497,7 @@ def download(url, target, sha256=None):
             raise
         raise SystemExit(f"error: could not download {url} ({error}); check the connection and run again, or "
                          f"download it yourself and pass it with --input (or set NANOVERSE_DATA)") from None
-    return Path(target)
+    return target
 
 
 def tiny_shakespeare(cache_dir="data"):
@@ -578,51 +572,39 @@ def documents_from_records(records, name, text_field):
     return documents
 
 
-def read_json(text, name, text_field):
+def read_file(file, config, text):
+    """One file's documents: a .txt file is one document; JSON, JSON Lines and CSV hold records with a text field."""
+    suffix = file.suffix.lower()
     try:
-        data = json.loads(text)
+        if suffix == ".json":
+            data = json.loads(text)
+        elif suffix == ".jsonl":  # one JSON value a line, read as one array so that an error names its line; split on
+            # "\n" only: str.splitlines() also breaks at U+2028, U+0085 and form feeds, which JSON strings may hold
+            data = [x for x in json.loads("[" + ",\n".join(line.strip() or "null" for line in text.split("\n")) + "]")
+                    if x is not None]
+            data = [x if isinstance(x, dict) else {"text": x} for x in data]
+        elif suffix == ".csv":
+            csv.field_size_limit(1 << 30)  # whole poems and songs live in one cell
+            # newline="": the csv module finds the row ends itself (str.splitlines() would also break at U+2028).
+            reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)  # strict: a stray quote is an error
+            data = [dict(row) for row in reader]
+        else:
+            return [{"text": text}]
     except json.JSONDecodeError as error:
-        raise SystemExit(f"error: {name} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
-                         f"fix the file or convert it to JSON Lines or CSV") from None
+        raise SystemExit(f"error: {file} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
+                         f"fix that line") from None
+    except csv.Error as error:  # line_num counts the lines read before the one that failed
+        raise SystemExit(f"error: {file} is not readable as CSV (line {reader.line_num + 1}: {error}); fix the file "
+                         f"or save it as CSV again") from None
     if isinstance(data, dict) and all(isinstance(value, dict) for value in data.values()):  # {author: {title: poem}}
         return [{"text": poem, "author": author, "title": title}
                 for author, poems in data.items() for title, poem in poems.items()]
     if isinstance(data, list) and all(isinstance(item, (str, type(None))) for item in data):
         return [{"text": item} for item in data]
-    if isinstance(data, list) and all(isinstance(item, dict) for item in data):
-        return documents_from_records(data, name, text_field)
-    found = f"a list of {sorted({type(item).__name__ for item in data})}" if isinstance(data, list) else \
-        f"a {type(data).__name__} of other things"
-    raise SystemExit(f"error: {name} holds {found}; use a list of strings, a list of objects like "
-                     f'{{"poem": ..., "author": ...}}, or {{author: {{title: poem}}}}')
-
-
-def read_jsonl(text, name, text_field):
-    records = []
-    # Split on "\n" only: str.splitlines() also breaks at U+2028, U+0085 and form feeds, which JSON strings may hold.
-    for line_number, line in enumerate(text.split("\n"), start=1):
-        try:
-            record = json.loads(line) if line.strip() else None
-        except json.JSONDecodeError as error:
-            raise SystemExit(f"error: line {line_number} of {name} is not valid JSON ({error.msg}); "
-                             f"fix or delete that line") from None
-        if line.strip():
-            records.append(record if isinstance(record, dict) else {"text": record})
-    return documents_from_records(records, name, text_field)
-
-
-def read_csv(text, name, text_field):
-    csv.field_size_limit(1 << 30)  # whole poems and songs live in one cell
-    # newline="": the csv module finds the row ends itself (str.splitlines() would also break at U+2028 or U+0085).
-    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)  # strict: a stray quote is an error
-    try:
-        records = [dict(row) for row in reader]
-    except csv.Error as error:  # line_num counts the lines read before the one that failed
-        raise SystemExit(f"error: {name} is not readable as CSV (line {reader.line_num + 1}: {error}); "
-                         f"fix the file or save it as CSV again") from None
-    if not records:
-        raise SystemExit(f"error: {name} has no rows under its header; check that it is a CSV file with a text column")
-    return documents_from_records(records, name, text_field)
+    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+        raise SystemExit(f"error: {file} holds JSON of another shape; use a list of strings, a list of objects like "
+                         f'{{"poem": ..., "author": ...}}, or {{author: {{title: poem}}}}')
+    return documents_from_records(data, file, config.text_field)
 
 
 def read_documents(path, config):
@@ -632,18 +614,14 @@ def read_documents(path, config):
         else [path]
     if not files:
         raise SystemExit(f"error: {path} holds no {', '.join(READABLE)} files; point --input at your text files")
-    readers = {".json": read_json, ".jsonl": read_jsonl, ".csv": read_csv}
     documents, listing = [], []
     for file in files:
         name = file.relative_to(path).as_posix() if path.is_dir() else file.name
         raw = file.read_bytes()
         listing.append(f"{hashlib.sha256(raw).hexdigest()}  {name}\n")
-        text = decode_bytes(raw, config.encoding, file)
-        if file.suffix.lower() in readers:
-            found = readers[file.suffix.lower()](text, file, config.text_field)
-        else:  # plain text: the whole file is one document, named after the file when it comes from a folder
-            found = [{"text": text, DATASETS[config.dataset].get("file_name_is", "title"): file.stem}] \
-                if path.is_dir() else [{"text": text}]
+        found = read_file(file, config, decode_bytes(raw, config.encoding, file))
+        if path.is_dir() and file.suffix.lower() == ".txt":  # a text file in a folder is named after the file
+            found[0][DATASETS[config.dataset].get("file_name_is", "title")] = file.stem
         documents.extend({**document, "source": name} for document in found)
     digest = hashlib.sha256("".join(listing).encode()).hexdigest() if path.is_dir() else listing[0].split()[0]
     return documents, str(path), digest

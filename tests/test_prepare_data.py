@@ -338,7 +338,7 @@ def test_bpe_tokenizer_trains_on_the_training_split(tmp_path):
     [
         (None, None, {"input": "no/such/file.txt"}, "does not exist"),
         ("bad.json", '[{"poem": "a"},\n {"poem": "b",}]', {}, r"not valid JSON \(line 2, column"),
-        ("bad.jsonl", '{"poem": "a"}\n{"poem": \n', {}, "line 2 of .*bad.jsonl is not valid JSON"),
+        ("bad.jsonl", '{"poem": "a"}\n\n{"poem": \n', {}, r"bad.jsonl is not valid JSON \(line 3"),
         ("bad.csv", 'Title,Poem\nA,"fine"\nB,"stray"quote\n', {}, r"not readable as CSV \(line 3"),
         ("numbers.json", '[{"id": 1, "score": 2}]', {}, "no text field found .* --text_field"),
         ("named.json", '[{"poem": "some poem text"}]', {"text_field": "lyrics"}, "--text_field lyrics is not a"),
@@ -507,12 +507,13 @@ def test_a_failed_write_keeps_the_old_file_and_no_fragment(tmp_path, monkeypatch
     assert target.read_bytes() == b"old tokens" and [p.name for p in tmp_path.iterdir()] == ["train.bin"]
 
 
-def test_json_lines_and_csv_keep_unicode_line_separators_inside_a_field():
+def test_json_lines_and_csv_keep_unicode_line_separators_inside_a_field(tmp_path):
     """str.splitlines() also breaks at U+2028, U+0085 and form feed; a JSON string or a CSV cell may hold them."""
     jsonl = "".join(json.dumps({"poem": text}, ensure_ascii=False) + "\n" for text in ("one\u2028two", "three\x85"))
-    assert [d["text"] for d in pd.read_jsonl(jsonl, "p.jsonl", "")] == ["one\u2028two", "three\x85"]
+    documents = pd.read_documents(write(tmp_path / "p.jsonl", jsonl), config_for(tmp_path))[0]
+    assert [d["text"] for d in documents] == ["one\u2028two", "three\x85"]
     csv_text = 'Title,Poem\nWait\x85 what,"a poem\nof two lines"\nPage\u2028two,"another"\n'
-    documents = pd.read_csv(csv_text, "p.csv", "")
+    documents = pd.read_documents(write(tmp_path / "p.csv", csv_text), config_for(tmp_path))[0]
     assert [d["text"] for d in documents] == ["a poem\nof two lines", "another"]  # two rows, not four
     assert documents[0]["title"].startswith("Wait") and documents[1]["title"].endswith("two")
 
