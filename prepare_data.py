@@ -22,6 +22,7 @@ import csv
 import difflib
 import gzip
 import hashlib
+import html.parser
 import inspect
 import io
 import json
@@ -30,8 +31,11 @@ import random
 import re
 import sys
 import tarfile
+import time
 import unicodedata
+import urllib.parse
 import urllib.request
+import urllib.robotparser
 from collections import Counter
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -49,6 +53,8 @@ class Config:
     input: str = ""  # a file or folder to read instead of the dataset's own copy (dakshina: the archive or a folder)
     cache_dir: str = "data"  # downloads are kept here, laid out like the mirror
     text_field: str = ""  # the text column or key of JSON, JSON Lines or CSV (default: text, poem, lyrics or content)
+    select: str = ""  # web pages: keep only the element with this id (#poem) or class (.poem-body)
+    delay: float = 1.0  # .urls: at least this many seconds between two requests to one site
     lang: str = "hi"  # dakshina: the language (bn gu hi kn ml mr pa sd si ta te ur)
     clean: bool = None  # cleanse, then drop short and duplicate documents (default on; off for Tiny Shakespeare)
     remove_chars: str = "@~{}[]<>|^_*#`\\"  # characters deleted as markup debris (line breaks and punctuation stay)
@@ -407,11 +413,11 @@ DATASETS = {
                "how_to_get": "pass the unzipped folder of kaggle.com/datasets/paultimothymooney/poetry with --input"},
     "poems": {"mirror": "poems/poetryfoundation_poems_by_author.json",
               "how_to_get": "pass the CSV of kaggle.com/datasets/tgdivy/poetry-foundation-poems with --input"},
-    "custom": {}, "dakshina": {},
-}
+    "custom": {}, "dakshina": {}}
 TEXT_FIELDS = ("text", "poem", "lyrics", "content")
 META_FIELDS = {"author": ("author", "poet", "artist"), "title": ("title",), "tags": ("tags",)}
-READABLE = (".txt", ".json", ".jsonl", ".csv")
+READABLE = (".txt", ".json", ".jsonl", ".csv", ".html", ".htm", ".urls")
+USER_AGENT = "nanoverse-prepare_data/1.0 (a teaching script; one request per --delay seconds per site)"
 # Tiny Shakespeare ships with the repository, gzip-compressed: char-rnn's text exactly as published (datasets/).
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()  # a notebook has no __file__
 SHAKESPEARE = {"shipped": HERE / "datasets" / "tinyshakespeare.txt.gz", "cached": "tinyshakespeare/input.txt",
@@ -514,6 +520,8 @@ def read_file(file, config):
             # newline="": the csv module finds the row ends itself (str.splitlines() would also break at U+2028).
             reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)  # strict: a stray quote is an error
             data = [dict(row) for row in reader]
+        elif suffix in (".html", ".htm", ".urls"):  # saved web pages, or a list of addresses to fetch
+            return (fetch_pages(text, config) if suffix == ".urls" else [page_document(text, config.select)]), raw
         else:
             return [{"text": text}], raw
     except json.JSONDecodeError as error:
@@ -565,15 +573,93 @@ def read_documents(path, config):
         listing.append(f"{hashlib.sha256(raw).hexdigest()}  {name}\n")
         if path.is_dir() and file.suffix.lower() == ".txt":  # a text file in a folder is named after the file
             found[0][DATASETS[config.dataset].get("file_name_is", "title")] = file.stem
-        documents.extend({**document, "source": name} for document in found)
+        documents.extend({"source": name, **document} for document in found)  # a fetched page keeps its URL
     digest = hashlib.sha256("".join(listing).encode()).hexdigest() if path.is_dir() else listing[0].split()[0]
     return documents, str(path), digest
+
+
+class PageText(html.parser.HTMLParser):
+    """A web page's visible text with its line breaks, its <title> and <meta name="author">; with `select` ("#id" or
+    ".class") only the text inside the first element that has it. html.parser decodes entities (&amp; -> &)."""
+    BREAKS, SKIPPED = {"br", "div", "li", "tr", "h1", "h2", "h3", "h4"}, {"script", "style", "nav", "header", "footer"}
+
+    def __init__(self, select):
+        super().__init__(convert_charrefs=True)
+        self.select, self.parts, self.title, self.author = select, [], "", None
+        self.skipping, self.in_title, self.selected, self.depth = 0, False, None, 0  # selected: the chosen tag's name
+
+    def handle_starttag(self, tag, attrs):
+        attrs = {name: value or "" for name, value in attrs}
+        self.author = self.author or (tag == "meta" and attrs.get("name", "").lower() == "author" and attrs.get(
+            "content"))
+        self.in_title, self.skipping = tag == "title", self.skipping + (tag in self.SKIPPED)
+        if self.selected is None and self.select and self.select[1:] in attrs.get(
+                "id" if self.select[0] == "#" else "class", "").split():
+            self.selected = tag
+        self.depth += tag == self.selected  # counts nested elements of the chosen one's name, to find where it ends
+        self.parts.append("\n\n" if tag == "p" else "\n" if tag in self.BREAKS else "")
+
+    def handle_endtag(self, tag):
+        self.skipping -= tag in self.SKIPPED and self.skipping > 0
+        self.depth -= tag == self.selected
+        self.selected = "" if self.selected == tag and self.depth == 0 else self.selected  # closed: keep nothing more
+        self.parts.append("\n\n" if tag == "p" else "\n" if tag in self.BREAKS - {"br"} else "")
+
+    def handle_data(self, data):
+        if self.in_title:
+            self.title += data
+        elif not self.skipping and (not self.select or (self.selected and self.depth > 0)):
+            self.parts.append(re.sub(r"\s+", " ", data))  # in HTML a line break in the source is just a space
+
+
+def page_document(text, select):
+    """One page as one document: its visible text, one line per line break, and its title and author."""
+    (page := PageText(select)).feed(text)
+    body = re.sub(r"\n{3,}", "\n\n", re.sub(r" *\n *", "\n", "".join(page.parts))).strip()
+    return {"text": body, "title": " ".join(page.title.split()), **({"author": page.author} if page.author else {})}
+
+
+def fetch_pages(text, config):
+    """The pages of a .urls file (an address a line, # comments), fetched politely: robots.txt obeyed, --delay seconds
+    between requests to a site, a User-Agent naming this script, each page kept in out_dir/pages for the next run."""
+    urls = [line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip()]
+    cache, robots, last, counts, documents = make_folder(Path(config.out_dir) / "pages"), {}, {}, Counter(), []
+    opener = urllib.request.OpenerDirector()  # http(s) only: a redirect to another scheme finds no handler
+    for handler in (urllib.request.ProxyHandler, urllib.request.HTTPHandler, urllib.request.HTTPSHandler,
+                    urllib.request.HTTPRedirectHandler, urllib.request.HTTPDefaultErrorHandler,
+                    urllib.request.HTTPErrorProcessor, urllib.request.UnknownHandler):
+        opener.add_handler(handler())
+    for url in tqdm(urls, desc="pages", unit="page"):
+        parts, path = urllib.parse.urlsplit(url), cache / (hashlib.sha256(url.encode()).hexdigest()[:32] + ".html")
+        site, outcome = f"{parts.scheme}://{parts.netloc}", "cached" if path.exists() else "fetched"
+        try:
+            if outcome == "fetched":
+                if parts.scheme not in ("http", "https"):
+                    raise PermissionError("only http(s) pages are read")
+                if site not in robots:  # each site's robots.txt is read once
+                    robots[site] = urllib.robotparser.RobotFileParser(site + "/robots.txt")
+                    robots[site].read()
+                if not robots[site].can_fetch(USER_AGENT, url):
+                    raise PermissionError("its site's robots.txt disallows it")
+                time.sleep(max(0.0, last.get(site, -1e9) + config.delay - time.monotonic()))
+                last[site] = time.monotonic()
+                with opener.open(urllib.request.Request(url, headers={"User-Agent": USER_AGENT}), timeout=30) as page:
+                    write_atomic(path, page.read())
+        except (OSError, ValueError) as error:  # no network, an HTTP error, a redirect to ftp:// or file://
+            outcome = f"{'skipped' if isinstance(error, PermissionError) else 'failed'}: {error}"
+        counts[outcome.split(":")[0]] += 1
+        if ":" in outcome:
+            print(f"{url} {outcome}")
+        else:
+            page = path.read_bytes().decode("utf-8", errors="replace")
+            documents.append({**page_document(page, config.select), "source": url})
+    print("pages: " + ", ".join(f"{counts[k]} {k}" for k in ("fetched", "cached", "skipped", "failed")))
+    return documents
 
 
 # Dakshina (Roark et al. 2020): romanization lexicons of 12 South Asian languages, one line per pair of a native-script
 # word and one way to write it in Latin letters. They are copied byte for byte, every row kept: several rows with one
 # native word are its several romanizations, which the any-reference metric of the seq2seq scripts needs.
-DAKSHINA_URL = "https://storage.googleapis.com/gresearch/dakshina/dakshina_dataset_v1.0.tar"
 DAKSHINA_LANGUAGES = ("bn", "gu", "hi", "kn", "ml", "mr", "pa", "sd", "si", "ta", "te", "ur")
 LEXICON_SHA256 = {  # the lexicons we have checked copies of; other files are used as the archive gives them
     "bn.translit.sampled.dev.tsv": "5d85422446dc80129506d8b21657b9283c6fb437ff90292eb62ca24aafb3e525",
@@ -581,9 +667,7 @@ LEXICON_SHA256 = {  # the lexicons we have checked copies of; other files are us
     "hi.translit.sampled.dev.tsv": "62019ba0e046ceffd7211a2797daf2d2970da77586ee056dcecaa34c38392bce",
     "hi.translit.sampled.train.tsv": "4b3f872d3363a91f949dfb640acab6a968ed7d2d65829a22af662c3e99ef7803",
     "ta.translit.sampled.dev.tsv": "c5bb92e01c7a2a1d1b8d18463d690519a8100fa14dbde7b38ea3e366df7a0bf8",
-    "ta.translit.sampled.train.tsv": "085760e523562b46103b16cfb60a0fd2c5c703bc93e57d9ed2e949e428d172b1",
-}
-LEXICON_LIMIT = 64 << 20  # bytes; the largest lexicon is a few MB, so a larger member is not one
+    "ta.translit.sampled.train.tsv": "085760e523562b46103b16cfb60a0fd2c5c703bc93e57d9ed2e949e428d172b1"}
 
 
 def prepare_dakshina(config):
@@ -595,7 +679,7 @@ def prepare_dakshina(config):
         source = Path(config.cache_dir) / "dakshina" / "dakshina_dataset_v1.0.tar"
         if not source.is_file():
             print(f"downloading the Dakshina archive (about 2 GB, once) into {source}")
-            download(DAKSHINA_URL, source)
+            download("https://storage.googleapis.com/gresearch/dakshina/dakshina_dataset_v1.0.tar", source)
     if source.is_dir():  # an unpacked archive, the mirror's layout, or a folder that holds the files itself
         folders = [source / sub for sub in (".", "lexicons", config.lang, f"{config.lang}/lexicons",
                                             f"dakshina_dataset_v1.0/{config.lang}/lexicons")]
@@ -640,7 +724,7 @@ def lexicons_from_archive(archive, names):
                     continue
                 if not member.isfile():
                     refuse(f"{member.name} is a {'link' if member.issym() or member.islnk() else 'folder'}, not a file")
-                if member.size > LEXICON_LIMIT:
+                if member.size > 64 << 20:  # the largest lexicon is a few MB
                     refuse(f"{member.name} is {member.size:,} bytes, far more than a lexicon")
                 lexicons[wanted[member.name]] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError) as error:
@@ -651,18 +735,14 @@ def lexicons_from_archive(archive, names):
 
 def check_config(config):
     """Fill in the dataset's defaults, and refuse in one sentence each the mistakes argparse cannot name."""
-    spec = DATASETS[config.dataset]
-    config.tokenizer = config.tokenizer or spec.get("tokenizer", "gpt2")
-    config.clean = spec.get("clean", True) if config.clean is None else config.clean
+    config.tokenizer = config.tokenizer or DATASETS[config.dataset].get("tokenizer", "gpt2")
+    config.clean = DATASETS[config.dataset].get("clean", True) if config.clean is None else config.clean
     config.out_dir = config.out_dir or str(Path("data", config.dataset, config.lang * (config.dataset == "dakshina")))
     for ok, message in [
         (config.dataset != "custom" or config.input, "the custom dataset needs --input PATH (a file or a folder)"),
         (not config.input or Path(config.input).expanduser().exists(),
          f"--input {config.input} does not exist; pass an existing file or folder"),
         (0 < config.val_fraction < 1, f"--val_fraction must be between 0 and 1, not {config.val_fraction}"),
-        (config.vocab_size >= 257 or config.tokenizer != "bpe",
-         "--vocab_size for bpe must be at least 257 (256 byte tokens + <|endoftext|>)"),
-        (not Path(config.out_dir).is_file(), f"--out_dir {config.out_dir} is a file; name a folder for the output"),
     ]:
         if not ok:
             raise SystemExit("error: " + message)

@@ -426,10 +426,10 @@ def test_utf8_byte_order_mark_is_accepted(tmp_path, suffix, content):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--out_dir", "{file}"], "--out_dir .*taken.txt is a file; name a folder"),
+        (["--out_dir", "{file}"], "cannot create the folder .*taken.txt"),
         (["--out_dir", "{file}/inside"], "cannot create the folder .*inside"),
         (["--val_fraction", "1.5"], "--val_fraction must be between 0 and 1, not 1.5"),
-        (["--tokenizer", "bpe", "--vocab_size", "100"], "--vocab_size for bpe must be at least 257"),
+        (["--tokenizer", "bpe", "--vocab_size", "100"], "cannot train the BPE tokenizer .*vocab_size=100 is too small"),
     ],
 )
 def test_bad_options_get_one_clear_sentence(tmp_path, argv, message):
@@ -650,3 +650,82 @@ def test_dakshina_from_the_mirror_writes_the_splits_it_has_without_downloading(d
     assert list(meta["splits"]) == ["train"] and meta["splits"]["train"]["rows"] == 68_218
     with pytest.raises(SystemExit, match="found no bn.translit.sampled.train.tsv in .*unpacked"):
         pd.main(["dakshina", "--lang", "bn", "--input", str(tmp_path / "unpacked")])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Web pages: saved .html files, and a .urls file fetched politely from a site on this machine.
+
+POEM_PAGE = """<!doctype html><html><head><title>  The  Tyger </title><meta name="Author" content="William Blake">
+<style>p {{ color: red }}</style><script>var menu = "<p>not a poem</p>";</script></head>
+<body><nav><a href="/">Home</a> <a href="/poems">Poems</a></nav><header>Poetry &amp; more</header>
+<div class="poem-body" id="poem"><p>Tyger Tyger, burning bright, <br>In the forests of the night;<br>
+What immortal hand or eye,<br/>Could frame thy fearful symmetry?</p>
+<p>In what distant deeps or skies&#8230;<br>Burnt the fire of thine eyes?</p></div>
+<div class="comments"><p>{comment}</p></div><footer>&copy; 2026 a site</footer></body></html>"""
+TYGER = ("Tyger Tyger, burning bright,\nIn the forests of the night;\nWhat immortal hand or eye,\n"
+         "Could frame thy fearful symmetry?\n\nIn what distant deeps or skies\u2026\nBurnt the fire of thine eyes?")
+
+
+def test_a_saved_page_gives_its_visible_text_title_and_author(tmp_path):
+    write(tmp_path / "pages" / "tyger.html", POEM_PAGE.format(comment="Lovely &lt;3"))
+    write(tmp_path / "pages" / "notes.txt", "A plain text file beside the pages, read as it is.")
+    documents = pd.read_documents(tmp_path / "pages", config_for(tmp_path))[0]
+    page = next(d for d in documents if d["source"] == "tyger.html")
+    assert page["title"] == "The Tyger" and page["author"] == "William Blake"
+    assert page["text"] == TYGER + "\n\nLovely <3"  # no menu, header, script, style or footer; entities decoded
+    for select in ("#poem", ".poem-body"):
+        selected = pd.read_documents(tmp_path / "pages" / "tyger.html", config_for(tmp_path, select=select))[0]
+        assert selected[0]["text"] == TYGER  # only the poem: not the comments after it
+
+
+class Site(http.server.BaseHTTPRequestHandler):
+    """Two poem pages, a robots.txt that disallows /private/, a missing page and a redirect to a file: address."""
+    pages = {"/robots.txt": "User-agent: *\nDisallow: /private/\n",
+             "/poems/tyger.html": POEM_PAGE.format(comment="first comment"),
+             "/poems/lamb.html": POEM_PAGE.replace("Tyger Tyger", "Little Lamb").format(comment="second"),
+             "/private/draft.html": POEM_PAGE.format(comment="a draft")}
+    requests = []
+
+    def do_GET(self):
+        Site.requests.append((self.path, self.headers.get("User-Agent")))
+        if self.path == "/moved":
+            self.send_response(302)
+            self.send_header("Location", "ftp://127.0.0.1/etc/passwd")
+            self.end_headers()
+            return
+        body = self.pages.get(self.path)
+        self.send_response(200 if body else 404)
+        self.end_headers()
+        self.wfile.write((body or "not here").encode())
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_urls_file_is_fetched_politely_and_cached(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Site) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        urls = write(tmp_path / "poems.urls", f"# poems to read\n{base}/poems/tyger.html\n{base}/poems/lamb.html  # b\n"
+                     f"{base}/private/draft.html\n{base}/poems/missing.html\n{base}/moved\nftp://example.org/x\n")
+        argv = ["custom", "--input", str(urls), "--out_dir", str(tmp_path / "out"), "--select", "#poem", "--delay", "0",
+                "--tokenizer", "char", "--no-eda", "--val_fraction", "0.5"]
+        meta = pd.main(argv)
+        printed = capsys.readouterr().out
+        assert "pages: 2 fetched, 0 cached, 2 skipped, 2 failed" in printed
+        assert f"{base}/private/draft.html skipped: its site's robots.txt disallows it" in printed
+        assert f"{base}/moved failed: <urlopen error unknown url type: ftp>" in printed  # a redirect to ftp:// refused
+        assert f"{base}/poems/missing.html failed: HTTP Error 404" in printed
+        records = [json.loads(line) for line in (tmp_path / "out" / "cleansed.jsonl").read_text().splitlines()]
+        assert [r["source"] for r in records] == [f"{base}/poems/tyger.html", f"{base}/poems/lamb.html"]
+        assert records[0]["text"] == TYGER and records[1]["text"].startswith("Little Lamb")
+        assert records[0]["title"] == "The Tyger" and meta["documents"] == {"train": 1, "val": 1}
+        fetched = [path for path, agent in Site.requests if agent and agent.startswith("nanoverse")]
+        assert "/private/draft.html" not in [path for path, _ in Site.requests]
+        assert fetched == ["/poems/tyger.html", "/poems/lamb.html", "/poems/missing.html", "/moved"]
+        Site.requests.clear()
+        pd.main(argv)  # a second run reads the two pages from out/pages and fetches nothing new
+        assert "pages: 0 fetched, 2 cached, 2 skipped, 2 failed" in capsys.readouterr().out
+        assert [path for path, _ in Site.requests if path.startswith("/poems/t")] == []
+        server.shutdown()
