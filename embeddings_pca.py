@@ -14,7 +14,7 @@ once into data/pretrained/), `none`, or a GloVe or word2vec text file. Reference
 Goldberg & Dagan 2015 (PPMI, smoothing, eigenvalue weighting); Halko, Martinsson & Tropp 2011 (randomized SVD).
 
 Run:
-    python embeddings_pca.py                       # CPU, about 10 s: Tiny Shakespeare, 100-d PPMI vectors
+    python embeddings_pca.py                       # CPU, 10-15 s: Tiny Shakespeare, 100-d PPMI vectors
     python embeddings_pca.py --pretrained auto     # beside the full GloVe (one 69 MB download, then cached)
     python embeddings_pca.py --input shakespeare,lyrics,poems --min_count 1 --alpha 1 --dim 300 --device cuda  # GPU
     Colab: paste this file into a cell and run it; then main(["--pretrained", "auto"]) in the next one.
