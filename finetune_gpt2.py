@@ -1817,5 +1817,6 @@ def run(config, given=frozenset()):
         torch.distributed.destroy_process_group()
 
 
+# %% Run
 if __name__ == "__main__":
     main()
