@@ -610,3 +610,15 @@ def test_prompt_with_unknown_characters_is_named(tmp_path):
         gpt.main(["--sample", "--out_dir", str(out), "--start", "Zebra!"])
     with pytest.raises(SystemExit, match="--start is empty"):
         gpt.main(["--sample", "--out_dir", str(out), "--start", ""])
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_mixed_precision_paths_run_on_a_cpu(tmp_path, dtype):
+    """The CUDA recipe's precision paths, as far as a CPU runs them: bf16 autocast, and fp16 autocast with a GradScaler
+    (the scaler's state goes into the checkpoint, so that a resumed run keeps its loss scale)."""
+    data = write_char_dataset(tmp_path / "data")
+    result = gpt.main(["--data_dir", str(data), "--out_dir", str(tmp_path / "out"), *TINY_FLAGS, "--max_iters", "4",
+                       "--eval_interval", "4", "--log_interval", "2", "--dtype", dtype, "--max_new_tokens", "5"])
+    assert math.isfinite(result["val_loss"]) and result["val_loss"] < math.log(len(set(TEXT))) + 0.5
+    scaler = torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)["scaler"]
+    assert (scaler.get("scale") is not None) == (dtype == "float16")  # a GradScaler only for fp16
