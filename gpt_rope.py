@@ -1,7 +1,7 @@
 """gpt.py with rotary position embeddings (RoPE) in place of its position table.
 
 The model is GPT-2 (Radford et al. 2019, "Language Models are Unsupervised Multitask Learners"): the decoder of
-Vaswani et al. 2017 ("Attention Is All You Need") with GPT-2's parameter names. Token and position embeddings,
+Vaswani et al. 2017 ("Attention Is All You Need") with GPT-2's parameter names. Token embeddings (positions below),
 causal multi-head self-attention, an MLP, pre-LayerNorm residual blocks and a tied output layer; then the data, the
 training loop (on a CPU, or on many GPUs through torchrun) and sampling with a KV cache; the plumbing comes last.
 What differs from gpt.py (`diff -u gpt.py gpt_rope.py`; Su et al. 2021, "RoFormer", sec. 3.2): no position table

@@ -198,7 +198,6 @@ def main(argv=None):
     parser.add_argument("--table", action="store_true", help="only print the table of the runs done so far")
     parser.add_argument("--picture", default="", help="write the loss curves and per-position losses to this PNG")
     args = parser.parse_args(argv)
-    torch.set_num_threads(os.cpu_count() or 1)
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     if not args.table:
