@@ -31,6 +31,8 @@ NOTEBOOK_ARGS = {
                          "--max_dev_rows", "20", "--epochs", "1", "--hidden_size", "16", "--embedding_size", "8",
                          "--beam_size", "2", "--heatmaps", "1"]),
     "finetune_gpt2": ("", ["--help"]),
+    "tune": (PREPARE_CHARS, ["--trials", "1", "--block_size", "16", "--batch_size", "16", "--max_iters", "2",
+                             "--eval_interval", "2"]),
     "embeddings_pca": ("", ["--input", os.path.join(MIRROR, "poetry_lyrics", "beatles.txt"), "--min_count", "2",
                             "--dim", "10", "--plot_words", "love,night,day,heart"]),
 }
