@@ -58,8 +58,8 @@ class Config:
     # training
     epochs: int = 100  # most passes over the training split
     batch_size: int = 128  # words per step
-    learning_rate: float = 1e-3  # Adam step size after the warmup
-    warmup_steps: int = 1000  # the learning rate rises linearly from 0 over this many steps
+    learning_rate: float = 2e-3  # Adam step size after the warmup
+    warmup_steps: int = 500  # the learning rate rises linearly from 0 over this many steps
     lr_decay: float = 0.5  # multiply the learning rate by this after an epoch without a better dev accuracy
     label_smoothing: float = 0.1  # train towards (1 - this) * one-hot + this * uniform over all output symbols
     grad_clip: float = 1.0  # clip the gradient norm to this (0 = off)
