@@ -500,21 +500,21 @@ def attention_of(model, words, outputs, vocabularies):
 def save_attention_heatmaps(weights, words, outputs, path):
     """Draws which input characters (x) the decoder attended to while writing each output character (y): one column
     per word; weights (B, T, S), or (B, rows, T, S) for one row of pictures per layer."""
-    import matplotlib
-    from matplotlib.figure import Figure
+    import matplotlib.figure
 
-    weights = weights[:, None] if weights.dim() == 3 else weights
+    weights = weights[:, None] if weights.dim() == 3 else weights  # (B, layers, T, S)
+    layers = weights.size(1)
     # Each glyph comes from the first font in the list that has it: an installed Noto Sans font covers its script.
     fonts = sorted({f.name for f in matplotlib.font_manager.fontManager.ttflist if "Noto Sans" in f.name})
     with matplotlib.rc_context({"font.family": fonts + ["DejaVu Sans"]}), warnings.catch_warnings(record=True) as lost:
         warnings.simplefilter("always")
-        figure = Figure(figsize=(4 * len(words), 4.5 * weights.size(1)))
-        for (row, column), axes in zip(itertools.product(range(weights.size(1)), range(len(words))),
-                                       figure.subplots(weights.size(1), len(words), squeeze=False).flat):
+        figure = matplotlib.figure.Figure(figsize=(4 * len(words), 4.5 * layers))
+        for (row, column), axes in zip(itertools.product(range(layers), range(len(words))),
+                                       figure.subplots(layers, len(words), squeeze=False).flat):
             word, steps = words[column], list(outputs[column]) + ["<eos>"]
             axes.imshow(weights[column, row, :len(steps), :len(word)].float().cpu().numpy(), vmin=0, vmax=1)
-            axes.set(xticks=range(len(word)), xticklabels=word, yticks=range(len(steps)), yticklabels=steps,
-                     xlabel="input character", title=f"{word} -> {outputs[column]}" + f", layer {row + 1}" * (row > 0))
+            axes.set(xticks=range(len(word)), xticklabels=word, yticks=range(len(steps)), yticklabels=steps, xlabel=
+                     "input character", title=f"{word} -> {outputs[column]}" + f", layer {row + 1}" * (layers > 1))
         figure.tight_layout()
         write_atomically(path, lambda file: figure.savefig(file, format="png", dpi=100))
     if any("missing from font" in str(warning.message) for warning in lost):
