@@ -331,8 +331,8 @@ def train(config, given):
     print(f"{len(train_pairs)} training, {len(dev_pairs)} dev rows, {sum(p.numel() for p in model.parameters()):,} "
           f"parameters, {device}, {dtype}, from step {progress['step']}")
 
-    def out_of_time():  # leaves time for one more dev pass and the final beam search (about K dev passes)
-        reserve = (2 + config.beam_size) * progress["dev_seconds"]
+    def out_of_time():  # time for a dev pass, the final search (< K dev passes), Python's start and the last files
+        reserve = (2 + config.beam_size) * progress["dev_seconds"] + 10
         return 0 < config.max_minutes * 60 < time.time() - clock + reserve
 
     def save_last():
