@@ -12,15 +12,13 @@ Run:
            python bpe.py show --model out/bpe.model "To be, or not to be" --explain Shakespeare
            python bpe.py show --model gpt2 "Hello world!"           (GPT-2's own tokenizer)
     GPU:   not needed: tokenization is string work on the CPU.
-    Colab: paste this file into a cell and run it (it trains on Tiny Shakespeare), or call
-           main(["show", "--model", "gpt2", "Hello world!"]).
+    Colab: paste this file into a cell and run it (it trains on Tiny Shakespeare), or main(["show", "--model", "gpt2",
+           "Hello world!"]).
 
 Python:
     >>> tok = Tokenizer.train("aaabdaaabac", vocab_size=259, pattern="none", special_tokens=())
-    >>> tok.encode("aaabdaaabac")      # merges aa -> 256, ab -> 257, (aa)(ab) -> 258: "XdXac"
+    >>> tok.encode("aaabdaaabac")      # merges aa -> 256, ab -> 257, (aa)(ab) -> 258: "XdXac"; decode undoes it
     [258, 100, 258, 97, 99]
-    >>> tok.decode([258, 100, 258, 97, 99])
-    'aaabdaaabac'
 """
 
 import argparse
@@ -81,7 +79,7 @@ def resolve_pattern(pattern):
     return pattern
 
 
-# %% The one operation of BPE, shared by both trainers and by the encoder
+# %% Training: the one operation of BPE (merge), the textbook trainer and the fast one
 
 
 def merge(ids, pair, new_id):
@@ -125,7 +123,7 @@ def train_reference(chunks, num_merges):
     return merges
 
 
-def train_fast(chunks, num_merges, progress=None):
+def train_fast(chunks, num_merges, progress=lambda: None):
     """The same merges as train_reference, without rereading the text for every merge.
 
     1. Chunks repeat ("the" appears thousands of times): keep each distinct chunk once with its frequency.
@@ -177,30 +175,8 @@ def train_fast(chunks, num_merges, progress=None):
             words[index] = merged
         for pair in new_pairs:
             heapq.heappush(heap, (-pair_counts[pair], pair))
-        if progress is not None:
-            progress()
+        progress()
     return merges
-
-
-# %% GPT-2's files spell bytes as printable characters; this is the table that undoes it
-
-
-def bytes_to_unicode():
-    """GPT-2's byte -> character table for encoder.json and vocab.bpe.
-
-    Bytes that are printable Latin-1 characters ('!'..'~', '¡'..'¬', '®'..'ÿ') stand for themselves; the other 68
-    bytes (space, newline, control bytes...) are given the characters 256, 257, ... in byte order, so that every token
-    is a visible, whitespace-free string.
-    """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    others = iter(range(256, 512))
-    return {byte: chr(byte) if byte in printable else chr(next(others)) for byte in range(256)}
-
-
-def render(token_bytes):
-    """A token's bytes as readable text: invalid UTF-8 becomes �, control characters are escaped (\\n, \\x00)."""
-    text = token_bytes.decode("utf-8", errors="replace")
-    return "".join(ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in text)
 
 
 # %% The tokenizer: train, encode with special tokens, decode, explain
@@ -225,17 +201,13 @@ class Tokenizer:
         self.vocab = {token_id: bytes([byte]) for byte, token_id in enumerate(self.byte_ids)}  # id -> bytes
         for (left, right), new_id in self.merges.items():
             self.vocab[new_id] = self.vocab[left] + self.vocab[right]
-        for text, token_id in self.special_tokens.items():
-            self.vocab[token_id] = text.encode("utf-8")
+        self.vocab.update((token_id, text.encode("utf-8")) for text, token_id in self.special_tokens.items())
         self._split = regex.compile(pattern).findall if pattern else (lambda text: [text] if text else [])
-        self._byte_table = bytes(self.byte_ids) if max(self.byte_ids) < 256 else None
         self._cache = {}  # chunk -> tuple of ids
 
     @property
     def vocab_size(self):
         return len(self.vocab)
-
-    # -- training ------------------------------------------------------------------------------------------------------
 
     @classmethod
     def train(cls, text, vocab_size, pattern="gpt2", special_tokens=("<|endoftext|>",), verbose=False,
@@ -253,11 +225,11 @@ class Tokenizer:
         if not isinstance(vocab_size, int) or vocab_size < smallest:
             raise ValueError(f"vocab_size={vocab_size} is too small: it must be at least 256 bytes + "
                              f"{len(special_tokens)} special tokens = {smallest}")
-        if not text or all(not part for part in _cut_specials(text, special_tokens)):
+        parts = [part for part in _cut_specials(text, special_tokens) if part]
+        if not parts:
             raise ValueError("the training text is empty: give a text with at least a few words in it")
         pattern = resolve_pattern(pattern)
         split = regex.compile(pattern).findall if pattern else (lambda part: [part])
-        parts = [part for part in _cut_specials(text, special_tokens) if part]
         chunks = [chunk for part in parts for chunk in split(part)]
         if sum(map(len, chunks)) != sum(map(len, parts)):  # the chunks must add back up to the text
             raise ValueError(f"pattern {pattern!r} skips some characters of the text, which encoding would lose; "
@@ -268,14 +240,9 @@ class Tokenizer:
         # Training stops early when every chunk is a single token; the special tokens follow the last merge.
         return cls(merges, pattern, {text: 256 + len(merges) + i for i, text in enumerate(special_tokens)})
 
-    # -- encoding ------------------------------------------------------------------------------------------------------
-
     def _encode_chunk(self, chunk_bytes):
         """BPE on one chunk: keep applying the earliest-learned merge present (smallest new id) until none applies."""
-        if self._byte_table is not None:  # bytes -> ids in C: GPT-2's byte ids are a permutation of 0..255
-            ids = list(chunk_bytes.translate(self._byte_table))
-        else:
-            ids = [self.byte_ids[byte] for byte in chunk_bytes]
+        ids = [self.byte_ids[byte] for byte in chunk_bytes]
         merges_get = self.merges.get
         # priorities[i]: the new id that merging ids[i], ids[i+1] would give (NEVER if that pair was never merged)
         priorities = list(map(merges_get, zip(ids, ids[1:]), repeat(NEVER)))
@@ -300,8 +267,7 @@ class Tokenizer:
             text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
         if self.pattern is None:
             return self._encode_chunk(text.encode("utf-8")) if text else []
-        chunks = self._split(text)
-        cache = self._cache
+        chunks, cache = self._split(text), self._cache
         missing = set(chunks).difference(cache)  # each distinct chunk is encoded once, then looked up
         if missing:
             if len(cache) + len(missing) > CACHE_LIMIT:
@@ -359,8 +325,6 @@ class Tokenizer:
             steps.append(f"ids: {ids}")
         return steps
 
-    # -- saving and loading: a versioned text file to load, and a listing for people ---------------------------------
-
     def save(self, prefix):
         """Write prefix.model (to load) and prefix.vocab (for people); both atomically."""
         lines = [FORMAT, f"pattern {json.dumps(self.pattern)}", f"specials {len(self.special_tokens)}"]
@@ -368,7 +332,8 @@ class Tokenizer:
         lines += ["bytes " + " ".join(map(str, self.byte_ids)), f"merges {len(self.merges)}"]
         lines += [f"{left} {right} {new_id}" for (left, right), new_id in self.merges.items()]
         write_atomic(f"{prefix}.model", "\n".join(lines) + "\n")
-        made_from = {new_id: "".join(f"[{render(self.vocab[i])}]" for i in pair) for pair, new_id in self.merges.items()}
+        made_from = {new_id: "".join(f"[{render(self.vocab[i])}]" for i in pair)
+                     for pair, new_id in self.merges.items()}
         write_atomic(f"{prefix}.vocab", "".join(
             f"[{render(self.vocab[i])}] {i}" + (f" <- {made_from[i]}" if i in made_from else " (special)"
                                                 if i in self.special_tokens.values() else "") + "\n"
@@ -402,22 +367,14 @@ class Tokenizer:
             raise ValueError(f"{path} is damaged ({error}); save the tokenizer again") from None
         return tokenizer
 
-    # -- GPT-2's own tokenizer -----------------------------------------------------------------------------------------
-
     @classmethod
     def from_gpt2_files(cls, encoder_json, vocab_bpe):
         """GPT-2's own tokenizer from its encoder.json (token -> id) and vocab.bpe (the merges, in order)."""
-        with open(encoder_json, encoding="utf-8") as file:
-            encoder = json.load(file)
-        with open(vocab_bpe, encoding="utf-8") as file:
-            merge_lines = file.read().split("\n")
-        byte_to_char = bytes_to_unicode()
+        encoder = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
+        pairs = [line.split(" ") for line in Path(vocab_bpe).read_text(encoding="utf-8").split("\n")[1:] if line]
+        byte_to_char = bytes_to_unicode()  # (line 0 of vocab.bpe is "#version: 0.2")
         byte_ids = [encoder[byte_to_char[byte]] for byte in range(256)]
-        merges = {}
-        for line in merge_lines[1:]:  # line 0 is "#version: 0.2"
-            if line:
-                left, right = line.split(" ")
-                merges[(encoder[left], encoder[right])] = encoder[left + right]
+        merges = {(encoder[left], encoder[right]): encoder[left + right] for left, right in pairs}  # in rank order
         made = set(byte_ids) | set(merges.values())  # a token that no byte and no merge makes is special
         special_tokens = {text: token_id for text, token_id in encoder.items() if token_id not in made}
         return cls(merges, GPT2_PATTERN, special_tokens, byte_ids)
@@ -456,7 +413,26 @@ def _cut_specials(text, special_tokens):
 def show(tokenizer, text):
     """The tokens of `text` with | between them, then their ids."""
     ids = tokenizer.encode(text, allowed_special="all")
-    return ["|".join(render(tokenizer.vocab[i]) for i in ids), f"{len(ids)} tokens for {len(text.encode())} bytes: {ids}"]
+    return ["|".join(render(tokenizer.vocab[i]) for i in ids),
+            f"{len(ids)} tokens for {len(text.encode())} bytes: {ids}"]
+
+
+def bytes_to_unicode():
+    """GPT-2's files spell bytes as printable characters; this is its byte -> character table.
+
+    Bytes that are printable Latin-1 characters ('!'..'~', '¡'..'¬', '®'..'ÿ') stand for themselves; the other 68
+    bytes (space, newline, control bytes...) are given the characters 256, 257, ... in byte order, so that every token
+    is a visible, whitespace-free string.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = iter(range(256, 512))
+    return {byte: chr(byte) if byte in printable else chr(next(others)) for byte in range(256)}
+
+
+def render(token_bytes):
+    """A token's bytes as readable text: invalid UTF-8 becomes �, control characters are escaped (\\n, \\x00)."""
+    text = token_bytes.decode("utf-8", errors="replace")
+    return "".join(ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in text)
 
 
 # %% Plumbing: files, GPT-2's tokenizer, command line (skip on a first read)
@@ -466,7 +442,6 @@ def write_atomic(path, content):
     """Write to a new temporary file beside `path`, then rename: a crash never leaves half a file. Mode "x" makes a
     new file (with the usual permissions of the umask) and never follows a link planted at the temporary name."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "xb") as file:
@@ -485,15 +460,12 @@ def gpt2_tokenizer():
 
 
 def read_text(path):
-    if not Path(path).is_file():
-        raise ValueError(f"input {path} {'is a folder' if Path(path).is_dir() else 'does not exist'}: give one text file")
     try:
         text = Path(path).read_text(encoding="utf-8-sig")  # -sig: a leading byte order mark is not part of the text
-    except UnicodeDecodeError as error:
-        raise ValueError(f"input file {path} is not UTF-8 text (byte {error.start}): convert it to UTF-8") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read {path} as text ({error}): give one UTF-8 text file") from None
     if text.count("\x00") > max(1, len(text) // 100):  # a token file of small ids is valid UTF-8, but not text
-        raise ValueError(f"input file {path} is full of NUL bytes, so it is binary (a token file?), not text: pass the "
-                         f"text file it was made from")
+        raise ValueError(f"{path} is full of NUL bytes, so it is binary (a token file?), not text: pass its text file")
     return text
 
 
@@ -543,9 +515,9 @@ def run(config, words):
 def main(argv=None):
     if argv is None:  # in a notebook sys.argv holds the kernel's own flags (-f kernel.json): run with the defaults
         argv = [] if "ipykernel" in sys.modules else sys.argv[1:]
-    try:  # help text comes from the comments beside the Config fields
+    try:  # help text comes from the comments beside the Config fields (a notebook may have no source to read)
         comments = dict(re.findall(r"^\s+(\w+): .*?  # (.+)$", inspect.getsource(Config), re.M))
-    except (OSError, TypeError):  # no source to read: the flags work, without help text
+    except (OSError, TypeError):
         comments = {}
     parser = argparse.ArgumentParser(description="Train, use and inspect a byte-level BPE tokenizer.",
                                      allow_abbrev=False)  # a misspelled flag is an error, never a guess
@@ -554,13 +526,10 @@ def main(argv=None):
         if field.name == "command":
             parser.add_argument("command", nargs="?", default=field.default, help=help_text,
                                 choices=["train", "encode", "decode", "show"])
-        elif field.type is bool:
-            parser.add_argument(f"--{field.name}", default=field.default, action=argparse.BooleanOptionalAction,
-                                help=help_text)
-        elif field.type is tuple:
-            parser.add_argument(f"--{field.name}", default=field.default, nargs="*", help=help_text)
         else:
-            parser.add_argument(f"--{field.name}", default=field.default, type=field.type, help=help_text)
+            kind = {bool: {"action": argparse.BooleanOptionalAction}, tuple: {"nargs": "*"}}.get(field.type,
+                                                                                                 {"type": field.type})
+            parser.add_argument(f"--{field.name}", default=field.default, help=help_text, **kind)
     parser.add_argument("words", nargs="*", help="show / encode: the text; decode: the ids")
     args, unknown = parser.parse_known_intermixed_args(argv)  # options and text in any order
     if unknown:  # a flag that trains the default tokenizer instead of the one asked for must not pass silently

@@ -1,14 +1,13 @@
 """Prepare text for the models: cleanse it, explore it, tokenize it, split it, and write token files.
 
-Every language model here trains on two files, `train.bin` and `val.bin` (a flat array of token ids, no header),
-described by `meta.json`. This script makes them from raw creative text (plays, lyrics, poems, any text you bring) and
-shows the steps that decide how good a small model can get: what to throw away (cleansing rules, each counted), what
-is in the corpus (an exploratory report and picture), how text becomes integers (characters, GPT-2's byte-level BPE,
-or a BPE trained here with bpe.py), and how a validation set stays honest (split by document, so no poem is half in
-training and half in validation). `--show_batches` shows how PyTorch serves windows of the token file to a model.
-It also fetches the Dakshina transliteration lexicons that seq2seq_rnn.py and seq2seq_transformer.py read.
-References: Karpathy's char-rnn and nanoGPT data preparation (the Tiny Shakespeare numbers), Radford et al. 2019
-(GPT-2's tokenizer), https://pytorch.org/docs/stable/data.html (Dataset and DataLoader), Roark et al. 2020 (Dakshina).
+Every language model here trains on `train.bin` and `val.bin` (flat arrays of token ids, no header) described by
+`meta.json`. This script makes them from raw creative text (plays, lyrics, poems, any text you bring) and shows the
+steps that decide how good a small model can get: what to throw away (cleansing rules, each counted), what is in the
+corpus (a report and a picture), how text becomes integers (characters, GPT-2's BPE, or a BPE trained with bpe.py),
+and how validation stays honest (split by document: no poem half in training, half in validation). --show_batches
+shows how PyTorch serves the token file to a model. It also fetches the Dakshina lexicons the seq2seq scripts read.
+References: char-rnn and nanoGPT (the Tiny Shakespeare numbers), Radford et al. 2019 (GPT-2's tokenizer), Roark et al.
+2020 (Dakshina), https://pytorch.org/docs/stable/data.html (Dataset and DataLoader).
 
 Run:
     CPU:    python prepare_data.py shakespeare_char          # ~4 s, offline: 65 symbols, 1,003,854 / 111,540 tokens
@@ -19,11 +18,11 @@ Run:
 """
 
 import argparse
-import codecs
 import csv
 import difflib
 import gzip
 import hashlib
+import html.parser
 import inspect
 import io
 import json
@@ -32,8 +31,11 @@ import random
 import re
 import sys
 import tarfile
+import time
 import unicodedata
+import urllib.parse
 import urllib.request
+import urllib.robotparser
 from collections import Counter
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -47,25 +49,22 @@ from tqdm import tqdm
 
 @dataclass
 class Config:
-    # what to read
     dataset: str = "shakespeare_char"  # shakespeare_char | shakespeare | lyrics | poems | custom | dakshina
     input: str = ""  # a file or folder to read instead of the dataset's own copy (dakshina: the archive or a folder)
     cache_dir: str = "data"  # downloads are kept here, laid out like the mirror
     text_field: str = ""  # the text column or key of JSON, JSON Lines or CSV (default: text, poem, lyrics or content)
-    encoding: str = "utf-8"  # text encoding of the input; bytes that do not decode are replaced, with a warning
+    select: str = ""  # web pages: keep only the element with this id (#poem) or class (.poem-body)
+    delay: float = 1.0  # .urls: at least this many seconds between two requests to one site
     lang: str = "hi"  # dakshina: the language (bn gu hi kn ml mr pa sd si ta te ur)
-    # cleansing
     clean: bool = None  # cleanse, then drop short and duplicate documents (default on; off for Tiny Shakespeare)
     remove_chars: str = "@~{}[]<>|^_*#`\\"  # characters deleted as markup debris (line breaks and punctuation stay)
     keep_indentation: bool = False  # keep the leading spaces of each line (some poems indent on purpose)
     min_chars: int = 20  # documents shorter than this after cleansing are dropped (not with --no-clean)
-    # tokenize and split
     tokenizer: str = ""  # char | gpt2 | bpe (default: the dataset's, gpt2 for the rest)
     vocab_size: int = 1024  # vocabulary size for --tokenizer bpe
     split: str = ""  # doc (seeded shuffle of documents) | contiguous (one cut); default: contiguous for a single text
     val_fraction: float = 0.1  # share of the corpus held out for validation
     seed: int = 1337  # seed of the document shuffle, the samples and the batches shown
-    # output
     out_dir: str = ""  # where the files go (default: data/<dataset>, data/dakshina/<lang> for dakshina)
     eda: bool = True  # write the exploratory report eda.json and the picture eda.png
     samples: int = 3  # random cleansed documents printed in the report
@@ -77,12 +76,11 @@ class Config:
 CLEANSING_RULES = (
     "nfc_changed_documents", "crlf_to_lf", "control_chars_removed", "special_chars_removed", "trailing_spaces_trimmed",
     "leading_spaces_trimmed", "repeated_spaces_collapsed", "blank_line_runs_collapsed", "edge_blank_lines_trimmed",
-    "empty_documents_dropped", "short_documents_dropped", "exact_duplicates_dropped", "normalised_duplicates_dropped",
-)
+    "empty_documents_dropped", "short_documents_dropped", "exact_duplicates_dropped", "normalised_duplicates_dropped")
 EOT = "<|endoftext|>"
 STOPWORDS = set(
-    "a an the and or but if of at by for with about to from in into on onto off over under up down out is am are was were"
-    " be been being have has had do does did i me my mine we us our you your yours he him his she her hers it its"
+    "a an the and or but if of at by for with about to from in into on onto off over under up down out is am are was"
+    " were be been being have has had do does did i me my mine we us our you your yours he him his she her hers it its"
     " they them their this that these those there here what which who whom when where why how all any both each no"
     " nor not only own so than too very can will just s t don now o oh thee thou thy thine as let shall would should"
     " could may might must then upon yet ll m re ve d i'm i'll i've i'd it's don't can't that's you're ain't won't"
@@ -123,29 +121,23 @@ def cleanse(documents, config):
     report = Counter({rule: 0 for rule in CLEANSING_RULES})
     kept, seen_exact, seen_folded = [], set(), set()
     for document in documents:
-        text = document["text"]
-        if not isinstance(text, str):  # a null or a number where a poem should be
-            text = "" if text is None else str(text)
+        text = "" if document["text"] is None else str(document["text"])  # a null or a number where a poem should be
+        dropped = "empty_documents_dropped" if not text else None
         if config.clean:
             text = clean_text(text, config, report)
-            if not text.strip():
-                report["empty_documents_dropped"] += 1
-                continue
-            if len(text) < config.min_chars:
-                report["short_documents_dropped"] += 1
-                continue
             # Duplicates leak from training into validation and inflate its score; compare exact text first,
             # then with case and whitespace folded ("Hello  World" == "hello world").
             folded = " ".join(text.casefold().split())
-            if text in seen_exact or folded in seen_folded:
-                report["exact_duplicates_dropped" if text in seen_exact else "normalised_duplicates_dropped"] += 1
-                continue
+            dropped = ("empty_documents_dropped" if not text.strip() else
+                       "short_documents_dropped" if len(text) < config.min_chars else
+                       "exact_duplicates_dropped" if text in seen_exact else
+                       "normalised_duplicates_dropped" if folded in seen_folded else None)
             seen_exact.add(text)
             seen_folded.add(folded)
-        elif not text:
-            report["empty_documents_dropped"] += 1
-            continue
-        kept.append({**document, "text": text})
+        if dropped:
+            report[dropped] += 1
+        else:
+            kept.append({**document, "text": text})
     if not kept:
         raise SystemExit("error: nothing is left after cleansing (every document was empty, shorter than --min_chars "
                          "or a duplicate); check the input, or lower --min_chars")
@@ -164,42 +156,35 @@ def percentiles(values):
 def explore(documents, seed, samples):
     word_pattern = regex.compile(r"\p{L}+(?:'\p{L}+)*")  # words are letters, with inner apostrophes (o'er, don't)
     words, characters = Counter(), Counter()
-    words_per_document, chars_per_document, lines_per_document, chars_per_line = [], [], [], []
+    words_per_document, chars_per_document, line_counts, chars_per_line = [], [], [], []
     for document in documents:
-        text = document["text"]
+        text, lines = document["text"], document["text"].splitlines()
         document_words = word_pattern.findall(text.lower())
         words.update(document_words)
         characters.update(text)
-        lines = text.splitlines()
         words_per_document.append(len(document_words))
         chars_per_document.append(len(text))
-        lines_per_document.append(len(lines))
+        line_counts.append(len(lines))
         chars_per_line.extend(len(line) for line in lines if line.strip())
-    total_chars = sum(characters.values())
-    non_ascii = {char: count for char, count in characters.items() if ord(char) > 127}
+    total_chars, non_ascii = sum(characters.values()), Counter({c: n for c, n in characters.items() if ord(c) > 127})
     authors = Counter(document["author"] for document in documents if document.get("author"))
     picks = random.Random(seed).sample(range(len(documents)), min(samples, len(documents)))
     counts, edges = np.histogram(words_per_document, bins=np.geomspace(1, max(words_per_document) + 2, 30))
-    return {"documents": len(documents), "lines": sum(lines_per_document), "words": sum(words.values()),
-            "characters": total_chars, "words_per_document": percentiles(words_per_document),
-            "characters_per_document": percentiles(chars_per_document),
-            "lines_per_document": percentiles(lines_per_document),
-            "characters_per_line": percentiles(chars_per_line or [0]), "word_vocabulary": len(words),
-            "top_words": words.most_common(25),
+    return {"documents": len(documents), "lines": sum(line_counts), "words": sum(words.values()),
+            "characters": total_chars, "word_vocabulary": len(words), "character_vocabulary": len(characters),
+            "words_per_document": percentiles(words_per_document), "lines_per_document": percentiles(line_counts),
+            "characters_per_document": percentiles(chars_per_document), "top_words": words.most_common(25),
+            "characters_per_line": percentiles(chars_per_line or [0]),
             "top_words_without_stopwords": [(w, n) for w, n in words.most_common() if w not in STOPWORDS][:25],
-            "character_vocabulary": len(characters),
-            "non_ascii_share": round(sum(non_ascii.values()) / max(total_chars, 1), 6),
-            "top_non_ascii_characters": Counter(non_ascii).most_common(20), "authors": len(authors),
-            "documents_per_author": authors.most_common(20), "samples": [documents[i]["text"][:400] for i in picks],
+            "non_ascii_share": round(sum(non_ascii.values()) / max(total_chars, 1), 6), "authors": len(authors),
+            "top_non_ascii_characters": non_ascii.most_common(20), "documents_per_author": authors.most_common(20),
+            "samples": [documents[i]["text"][:400] for i in picks],
             "histogram_words_per_document": {"bin_edges": edges.round(1).tolist(), "documents": counts.tolist()}}
 
 
 def plot_eda(eda, documents, path):
     """Four panels: document lengths, line lengths, frequent content words, documents per author (or characters)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # draw to a file; no window needed
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # drawn to a file and closed, so no window (and no notebook output) appears
 
     figure, axes = plt.subplots(2, 2, figsize=(12, 8))
     if len(documents) > 1:
@@ -212,20 +197,19 @@ def plot_eda(eda, documents, path):
     line_lengths = [len(line) for document in documents for line in document["text"].split("\n") if line.strip()]
     axes[0, 1].hist(line_lengths, bins=range(0, min(max(line_lengths, default=1), 200) + 2, 2), color="tab:green")
     axes[0, 1].set(title="characters per non-empty line", xlabel="characters", ylabel="lines")
-    top = eda["top_words_without_stopwords"][:20][::-1]
-    axes[1, 0].barh([word for word, _ in top], [count for _, count in top], color="tab:orange")
+    words, counts = zip(*eda["top_words_without_stopwords"][:20][::-1])
+    axes[1, 0].barh(words, counts, color="tab:orange")
     axes[1, 0].set(title="most frequent words (stopwords removed)", xlabel="count")
     if eda["documents_per_author"]:
-        top = eda["documents_per_author"][:20][::-1]
-        axes[1, 1].barh([str(author)[:24] for author, _ in top], [count for _, count in top], color="tab:purple")
+        authors, counts = zip(*eda["documents_per_author"][:20][::-1])
+        axes[1, 1].barh([str(author)[:24] for author in authors], counts, color="tab:purple")
         axes[1, 1].set(title="documents per author (top 20)", xlabel="documents")
     else:
-        counts = Counter(char for document in documents for char in document["text"] if not char.isspace())
-        top = counts.most_common(30)
-        axes[1, 1].bar([char for char, _ in top], [count for _, count in top], color="tab:purple")
+        characters, counts = zip(*Counter(c for d in documents for c in d["text"] if not c.isspace()).most_common(30))
+        axes[1, 1].bar(characters, counts, color="tab:purple")
         axes[1, 1].set(title="most frequent characters", ylabel="count")
-    documents_label = "1 document" if eda["documents"] == 1 else f"{eda['documents']:,} documents"
-    figure.suptitle(f"{documents_label}, {eda['words']:,} words, {eda['characters']:,} characters")
+    figure.suptitle(f"{eda['documents']:,} document{'s' * (eda['documents'] > 1)}, {eda['words']:,} words, "
+                    f"{eda['characters']:,} characters")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=80)
@@ -236,9 +220,8 @@ def plot_eda(eda, documents, path):
 def print_summary(eda, report, clean):
     words = eda["words_per_document"]
     fired = [f"{rule} {count:,}" for rule, count in report.items() if count and not rule.startswith("documents_")]
-    print(f"documents {eda['documents']:,} | lines {eda['lines']:,} | words {eda['words']:,} | characters "
-          f"{eda['characters']:,} | word vocabulary {eda['word_vocabulary']:,} | character vocabulary "
-          f"{eda['character_vocabulary']:,} | non-ASCII {eda['non_ascii_share']:.2%}")
+    print(" | ".join(f"{key.replace('_', ' ')} {eda[key]:,}" for key in ("documents", "lines", "words", "characters",
+                     "word_vocabulary", "character_vocabulary")) + f" | non-ASCII {eda['non_ascii_share']:.2%}")
     if eda["documents"] > 1:  # (one text has no spread of lengths to show)
         print(f"words per document: median {words['p50']:,.0f}, 5%-95% {words['p5']:,.0f}-{words['p95']:,.0f}, "
               f"max {words['max']:,.0f}")
@@ -248,17 +231,15 @@ def print_summary(eda, report, clean):
               + ", ".join(f"{author} ({count})" for author, count in eda["documents_per_author"][:5]))
     print("cleansing: " + ((", ".join(fired) or "nothing to change") if clean else
                            "off (the text is used exactly as published; --clean turns it on)"))
-    for number, sample in enumerate(eda["samples"], start=1):
-        print(f"--- sample {number} ---\n{sample[:300]}")
+    print("".join(f"--- sample {number} ---\n{sample[:300]}\n" for number, sample in enumerate(eda["samples"], 1)))
 
 
 # %% Tokenizing: characters, GPT-2's BPE, or a BPE trained on this corpus
 
 
 def build_tokenizer(config, train_texts, all_text):
-    """Returns (encode, decode, vocab_size, eot_id, save). save(out_dir) writes the tokenizer's files, if it has any,
-    and returns its fields of meta.json: tokenizer_sha256 fingerprints the vocabulary, so that a model trained on
-    these ids can later refuse a folder whose ids mean something else."""
+    """(encode, decode, vocab_size, eot_id, save); save(out_dir) writes the tokenizer's files and returns its fields
+    of meta.json. tokenizer_sha256 fingerprints the vocabulary: a model trained on these ids can refuse other ids."""
     if config.tokenizer == "char":
         # The vocabulary is every character of the whole corpus, sorted, as in nanoGPT's shakespeare_char:
         # a character seen only in validation still gets an id.
@@ -269,7 +250,6 @@ def build_tokenizer(config, train_texts, all_text):
                 None, lambda out_dir: {"itos": itos, "tokenizer_sha256": fingerprint})
     if config.tokenizer == "gpt2":
         import tiktoken  # downloads GPT-2's two files once and caches them
-
         try:
             encoding = tiktoken.get_encoding("gpt2")
         except Exception as error:
@@ -279,7 +259,6 @@ def build_tokenizer(config, train_texts, all_text):
         return (encoding.encode_ordinary, encoding.decode, encoding.n_vocab, encoding.eot_token,
                 lambda out_dir: {"tokenizer_sha256": hashlib.sha256(b"gpt2").hexdigest()})
     import bpe  # only this tokenizer needs bpe.py
-
     # Train on the training split only: merges learned from validation text would leak it into the model.
     try:
         tokenizer = bpe.Tokenizer.train("\n\n".join(train_texts), config.vocab_size, special_tokens=(EOT,))
@@ -289,7 +268,8 @@ def build_tokenizer(config, train_texts, all_text):
 
     def save(out_dir):
         tokenizer.save(out_dir / "bpe")  # bpe.model (to load) and bpe.vocab (to read)
-        return {"bpe_model": "bpe.model", "tokenizer_sha256": sha256_of(out_dir / "bpe.model")}
+        return {"bpe_model": "bpe.model",
+                "tokenizer_sha256": hashlib.sha256((out_dir / "bpe.model").read_bytes()).hexdigest()}
 
     return tokenizer.encode_ordinary, tokenizer.decode, tokenizer.vocab_size, tokenizer.special_tokens[EOT], save
 
@@ -298,12 +278,7 @@ def encode_documents(texts, encode, eot_id):
     """Token ids of the documents in order, <|endoftext|> between them (a blank line for char, which has none)."""
     if eot_id is None:
         return encode("\n\n".join(texts))
-    ids = []
-    for index, text in enumerate(texts):
-        if index:
-            ids.append(eot_id)
-        ids.extend(encode(text))
-    return ids
+    return [token for index, text in enumerate(texts) for token in [eot_id] * (index > 0) + encode(text)]
 
 
 # %% Splitting by document, and the whole pipeline
@@ -349,8 +324,7 @@ def prepare(config):
     # on it leaves the output folder as it was.
     config.split = config.split or ("contiguous" if len(texts) == 1 else "doc")
     train_texts, val_texts = split_documents(texts, config)
-    eda = explore(documents, config.seed, config.samples)
-    eda["cleansing"] = report
+    eda = {**explore(documents, config.seed, config.samples), "cleansing": report}
     print_summary(eda, report, config.clean)
     encode, decode, vocab_size, eot_id, save_tokenizer = build_tokenizer(config, train_texts, "\n\n".join(texts))
     dtype = "uint16" if vocab_size <= 1 << 16 else "uint32"  # half the disk and memory when the ids fit
@@ -361,8 +335,8 @@ def prepare(config):
     # token files described by an old meta.json.
     (out_dir / "meta.json").unlink(missing_ok=True)
     write_atomic(out_dir / "cleansed.txt", "\n\n".join(texts).encode())
-    jsonl = "".join(json.dumps(document, ensure_ascii=False) + "\n" for document in documents)
-    write_atomic(out_dir / "cleansed.jsonl", jsonl.encode())
+    write_atomic(out_dir / "cleansed.jsonl", "".join(json.dumps(document, ensure_ascii=False) + "\n"
+                                                     for document in documents).encode())
     if config.eda:
         write_atomic(out_dir / "eda.json", json.dumps(eda, indent=1, ensure_ascii=False).encode())
         plot_eda(eda, documents, out_dir / "eda.png")
@@ -436,17 +410,14 @@ DATASETS = {
     "shakespeare_char": {"tokenizer": "char", "clean": False},  # used as published: the well-known token counts
     "shakespeare": {"tokenizer": "gpt2", "clean": False},
     "lyrics": {"mirror": "poetry_lyrics", "file_name_is": "author",  # one file per artist
-               "how_to_get": "download the Kaggle 'Poetry' dataset (https://www.kaggle.com/datasets/paultimothymooney/"
-                             "poetry), unzip it, and pass its folder of .txt files with --input"},
+               "how_to_get": "pass the unzipped folder of kaggle.com/datasets/paultimothymooney/poetry with --input"},
     "poems": {"mirror": "poems/poetryfoundation_poems_by_author.json",
-              "how_to_get": "download the Kaggle 'Poetry Foundation Poems' CSV (https://www.kaggle.com/datasets/tgdivy/"
-                            "poetry-foundation-poems) and pass it with --input"},
-    "custom": {},
-    "dakshina": {},
-}
+              "how_to_get": "pass the CSV of kaggle.com/datasets/tgdivy/poetry-foundation-poems with --input"},
+    "custom": {}, "dakshina": {}}
 TEXT_FIELDS = ("text", "poem", "lyrics", "content")
 META_FIELDS = {"author": ("author", "poet", "artist"), "title": ("title",), "tags": ("tags",)}
-READABLE = (".txt", ".json", ".jsonl", ".csv")
+READABLE = (".txt", ".json", ".jsonl", ".csv", ".html", ".htm", ".urls")
+USER_AGENT = "nanoverse-prepare_data/1.0 (a teaching script; one request per --delay seconds per site)"
 # Tiny Shakespeare ships with the repository, gzip-compressed: char-rnn's text exactly as published (datasets/).
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()  # a notebook has no __file__
 SHAKESPEARE = {"shipped": HERE / "datasets" / "tinyshakespeare.txt.gz", "cached": "tinyshakespeare/input.txt",
@@ -454,14 +425,8 @@ SHAKESPEARE = {"shipped": HERE / "datasets" / "tinyshakespeare.txt.gz", "cached"
                "sha256": "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"}
 
 
-def sha256_of(path):
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
-
-
 def write_atomic(path, data):
-    """Write to a new temporary file beside `path`, then rename: a crash leaves the old file or the new, never half
-    of one, and no fragment. Mode "x" makes a new file: it never follows a link planted at the temporary name."""
+    """Write a new temporary file beside `path` ("x": never through a link planted there), then rename it."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "xb") as file:
@@ -475,15 +440,13 @@ def write_atomic(path, data):
 def make_folder(path):
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
+        return Path(path)
     except OSError as error:
-        raise SystemExit(f"error: cannot create the folder {path} ({error.strerror}); name a folder you can "
-                         f"write to") from None
-    return Path(path)
+        raise SystemExit(f"error: cannot create the folder {path} ({error.strerror}); name a writable one") from None
 
 
 def download(url, target, sha256=None):
-    """Fetch url into target with a progress bar; the byte count is checked against Content-Length and the sha256
-    when known. The bytes go to target.part first, removed on any failure or Ctrl-C, renamed when complete."""
+    """Fetch url into target: a progress bar, bytes counted and hashed, no .part file left after a failure."""
     partial = make_folder(Path(target).parent) / (Path(target).name + ".part")
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as file:
@@ -494,7 +457,7 @@ def download(url, target, sha256=None):
         # A connection that closes early ends the loop quietly: count the bytes, or a cut-off file would be kept.
         if size is not None and partial.stat().st_size != size:
             raise OSError(f"got {partial.stat().st_size:,} of {size:,} bytes")
-        if sha256 and sha256_of(partial) != sha256:
+        if sha256 and hashlib.sha256(partial.read_bytes()).hexdigest() != sha256:  # (small files only)
             raise OSError("the file is not the expected one (sha256 mismatch)")
         os.replace(partial, target)
     except BaseException as error:
@@ -503,19 +466,16 @@ def download(url, target, sha256=None):
             raise
         raise SystemExit(f"error: could not download {url} ({error}); check the connection and run again, or "
                          f"download it yourself and pass it with --input (or set NANOVERSE_DATA)") from None
-    return Path(target)
+    return target
 
 
 def tiny_shakespeare(cache_dir="data"):
-    """The text of Tiny Shakespeare: the shipped copy; for a script pasted alone, the mirror, the cache (checked by
-    its sha256, so a copy cut short is fetched again) or a download into the cache."""
+    """Tiny Shakespeare: the shipped copy; for a script pasted alone, the checked cache or a download."""
     if SHAKESPEARE["shipped"].is_file():
         return gzip.decompress(SHAKESPEARE["shipped"].read_bytes()).decode()
-    path = Path(os.environ.get("NANOVERSE_DATA", "")) / SHAKESPEARE["cached"]
-    if not os.environ.get("NANOVERSE_DATA") or not path.is_file():
-        path = Path(cache_dir) / SHAKESPEARE["cached"]
-        if not path.is_file() or sha256_of(path) != SHAKESPEARE["sha256"]:
-            download(SHAKESPEARE["url"], path, SHAKESPEARE["sha256"])
+    path = Path(cache_dir) / SHAKESPEARE["cached"]
+    if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != SHAKESPEARE["sha256"]:
+        download(SHAKESPEARE["url"], path, SHAKESPEARE["sha256"])
     return path.read_text(encoding="utf-8")
 
 
@@ -533,126 +493,173 @@ def read_input(config):
     return read_documents(Path(folder) / spec["mirror"], config)
 
 
-def decode_bytes(raw, encoding, name):
-    """Decode; bytes that do not decode become U+FFFD, with one warning per file that counts them."""
-    # Windows editors and Excel start UTF-8 files with a byte order mark; utf-8-sig drops it, so that it does not
-    # stick to a CSV file's first column name or make a JSON file invalid.
-    try:
-        codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
-    except LookupError:
-        raise SystemExit(f"error: unknown --encoding {encoding!r}; use a Python codec name such as utf-8 "
-                         f"or latin-1") from None
-    text = raw.decode(codec, errors="replace")
-    replaced = text.count("\ufffd") - raw.decode(codec, errors="ignore").count("\ufffd")
+def read_file(file, config):
+    """One file's documents: a .txt file is one document; JSON, JSON Lines and CSV hold records with a text field."""
+    # UTF-8, with a leading byte order mark dropped (Windows editors and Excel write one; it would stick to a CSV
+    # file's first column name); bytes that do not decode become U+FFFD, with one warning per file that counts them.
+    raw = file.read_bytes()
+    text = raw.decode("utf-8-sig", errors="replace")
+    replaced = text.count("\ufffd") - raw.decode("utf-8-sig", errors="ignore").count("\ufffd")
     if replaced:
-        print(f"warning: {name} is not valid {encoding}: {replaced} characters were replaced by U+FFFD (pass "
-              f"--encoding if you know the file's encoding, e.g. --encoding latin-1)", file=sys.stderr)
+        print(f"warning: {file} is not valid UTF-8: {replaced} characters were replaced by U+FFFD (convert it, "
+              f"e.g. iconv -f latin1 -t utf-8 FILE > NEW)", file=sys.stderr)
     # Small token ids (a train.bin) are valid UTF-8 bytes, so a token file decodes without a warning; but in text
     # NUL is at most a stray byte (cleansing removes it), never one character in a hundred.
     if text.count("\x00") > max(1, len(text) // 100):
-        raise SystemExit(f"error: {name} is full of NUL bytes, so it is binary (a token file?), not text; pass the "
-                         f"text file it was made from (or --encoding utf-16 if it is UTF-16 text)")
-    return text
-
-
-def documents_from_records(records, name, text_field):
-    """Turn a list of dicts (JSON objects, CSV rows) into documents, keeping author/title/tags when present."""
-    keys = list(dict.fromkeys(key for record in records[:1000] for key in record))
+        raise SystemExit(f"error: {file} is full of NUL bytes, so it is binary (a token file?), not text; pass the "
+                         f"text file it was made from")
+    try:
+        if (suffix := file.suffix.lower()) == ".json":
+            data = json.loads(text)
+        elif suffix == ".jsonl":  # one JSON value a line, read as one array so that an error names its line; split on
+            # "\n" only: str.splitlines() also breaks at U+2028, U+0085 and form feeds, which JSON strings may hold
+            data = [x if isinstance(x, dict) else {"text": x} for x in json.loads(
+                "[" + ",\n".join(line.strip() or "null" for line in text.split("\n")) + "]") if x is not None]
+        elif suffix == ".csv":
+            csv.field_size_limit(1 << 30)  # whole poems and songs live in one cell
+            # newline="": the csv module finds the row ends itself (str.splitlines() would also break at U+2028).
+            reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)  # strict: a stray quote is an error
+            data = [dict(row) for row in reader]
+        elif suffix in (".html", ".htm", ".urls"):  # saved web pages, or a list of addresses to fetch
+            return (fetch_pages(text, config) if suffix == ".urls" else [page_document(text, config.select)]), raw
+        else:
+            return [{"text": text}], raw
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"error: {file} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
+                         f"fix that line") from None
+    except csv.Error as error:  # line_num counts the lines read before the one that failed
+        raise SystemExit(f"error: {file} is not readable as CSV (line {reader.line_num + 1}: {error}); fix the file "
+                         f"or save it as CSV again") from None
+    if isinstance(data, dict) and all(isinstance(value, dict) for value in data.values()):  # {author: {title: poem}}
+        return [{"text": poem, "author": author, "title": title}
+                for author, poems in data.items() for title, poem in poems.items()], raw
+    if isinstance(data, list) and all(isinstance(item, (str, type(None))) for item in data):
+        return [{"text": item} for item in data], raw
+    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+        raise SystemExit(f"error: {file} holds JSON of another shape; use a list of strings, a list of objects like "
+                         f'{{"poem": ..., "author": ...}}, or {{author: {{title: poem}}}}')
+    # Records (JSON objects, CSV rows): the text field by name, and the author, title and tags when present.
+    keys = list(dict.fromkeys(key for record in data[:1000] for key in record))
     lowered = {key.lower(): key for key in keys if isinstance(key, str)}
-    field = next((lowered[n] for n in ([text_field.lower()] if text_field else TEXT_FIELDS) if n in lowered), None)
+    wanted = [config.text_field.lower()] if config.text_field else TEXT_FIELDS
+    field = next((lowered[name] for name in wanted if name in lowered), None)
     if field is None:
-        wanted = f"--text_field {text_field} is not a field" if text_field else "no text field found"
-        raise SystemExit(f"error: {wanted} in {name} (fields: {', '.join(map(str, keys))}); name the one that holds "
+        problem = f"--text_field {config.text_field} is not a field" if config.text_field else "no text field found"
+        raise SystemExit(f"error: {problem} in {file} (fields: {', '.join(map(str, keys))}); name the one that holds "
                          f"the text with --text_field")
     meta_keys = {meta: next((lowered[n] for n in names if n in lowered), None) for meta, names in META_FIELDS.items()}
     documents = []
-    for record in records:
+    for record in data:
         document = {"text": record.get(field)}
         for meta, key in meta_keys.items():
             value = record.get(key) if key not in (None, field) else None
-            if isinstance(value, str):  # scraped titles and names carry stray line breaks and spaces
-                value = " ".join(value.split())
+            value = " ".join(value.split()) if isinstance(value, str) else value  # scraped names carry line breaks
             if value not in (None, ""):
                 document[meta] = value
         documents.append(document)
-    return documents
-
-
-def read_json(text, name, text_field):
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise SystemExit(f"error: {name} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
-                         f"fix the file or convert it to JSON Lines or CSV") from None
-    if isinstance(data, dict) and all(isinstance(value, dict) for value in data.values()):  # {author: {title: poem}}
-        return [{"text": poem, "author": author, "title": title}
-                for author, poems in data.items() for title, poem in poems.items()]
-    if isinstance(data, list) and all(isinstance(item, (str, type(None))) for item in data):
-        return [{"text": item} for item in data]
-    if isinstance(data, list) and all(isinstance(item, dict) for item in data):
-        return documents_from_records(data, name, text_field)
-    found = f"a list of {sorted({type(item).__name__ for item in data})}" if isinstance(data, list) else \
-        f"a {type(data).__name__} of other things"
-    raise SystemExit(f"error: {name} holds {found}; use a list of strings, a list of objects like "
-                     f'{{"poem": ..., "author": ...}}, or {{author: {{title: poem}}}}')
-
-
-def read_jsonl(text, name, text_field):
-    records = []
-    # Split on "\n" only: str.splitlines() also breaks at U+2028, U+0085 and form feeds, which JSON strings may hold.
-    for line_number, line in enumerate(text.split("\n"), start=1):
-        try:
-            record = json.loads(line) if line.strip() else None
-        except json.JSONDecodeError as error:
-            raise SystemExit(f"error: line {line_number} of {name} is not valid JSON ({error.msg}); "
-                             f"fix or delete that line") from None
-        if line.strip():
-            records.append(record if isinstance(record, dict) else {"text": record})
-    return documents_from_records(records, name, text_field)
-
-
-def read_csv(text, name, text_field):
-    csv.field_size_limit(1 << 30)  # whole poems and songs live in one cell
-    # newline="": the csv module finds the row ends itself (str.splitlines() would also break at U+2028 or U+0085).
-    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)  # strict: a stray quote is an error
-    try:
-        records = [dict(row) for row in reader]
-    except csv.Error as error:  # line_num counts the lines read before the one that failed
-        raise SystemExit(f"error: {name} is not readable as CSV (line {reader.line_num + 1}: {error}); "
-                         f"fix the file or save it as CSV again") from None
-    if not records:
-        raise SystemExit(f"error: {name} has no rows under its header; check that it is a CSV file with a text column")
-    return documents_from_records(records, name, text_field)
+    return documents, raw
 
 
 def read_documents(path, config):
-    """A file or a folder (recursively) -> (documents, source, sha256). A folder's sha256 is that of its
-    `sha256sum`-style listing, so it changes when any file does."""
+    """A file or a folder (recursively) -> (documents, source, sha256; a folder's is that of its sha256sum listing)."""
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in READABLE) if path.is_dir() \
         else [path]
     if not files:
         raise SystemExit(f"error: {path} holds no {', '.join(READABLE)} files; point --input at your text files")
-    readers = {".json": read_json, ".jsonl": read_jsonl, ".csv": read_csv}
     documents, listing = [], []
     for file in files:
         name = file.relative_to(path).as_posix() if path.is_dir() else file.name
-        raw = file.read_bytes()
+        found, raw = read_file(file, config)
         listing.append(f"{hashlib.sha256(raw).hexdigest()}  {name}\n")
-        text = decode_bytes(raw, config.encoding, file)
-        if file.suffix.lower() in readers:
-            found = readers[file.suffix.lower()](text, file, config.text_field)
-        else:  # plain text: the whole file is one document, named after the file when it comes from a folder
-            found = [{"text": text, DATASETS[config.dataset].get("file_name_is", "title"): file.stem}] \
-                if path.is_dir() else [{"text": text}]
-        documents.extend({**document, "source": name} for document in found)
+        if path.is_dir() and file.suffix.lower() == ".txt":  # a text file in a folder is named after the file
+            found[0][DATASETS[config.dataset].get("file_name_is", "title")] = file.stem
+        documents.extend({"source": name, **document} for document in found)  # a fetched page keeps its URL
     digest = hashlib.sha256("".join(listing).encode()).hexdigest() if path.is_dir() else listing[0].split()[0]
     return documents, str(path), digest
+
+
+class PageText(html.parser.HTMLParser):
+    """A web page's visible text with its line breaks, its <title> and <meta name="author">; with `select` ("#id" or
+    ".class") only the text inside the first element that has it. html.parser decodes entities (&amp; -> &)."""
+    BREAKS, SKIPPED = {"br", "div", "li", "tr", "h1", "h2", "h3", "h4"}, {"script", "style", "nav", "header", "footer"}
+
+    def __init__(self, select):
+        super().__init__(convert_charrefs=True)
+        self.select, self.parts, self.title, self.author = select, [], "", None
+        self.skipping, self.in_title, self.selected, self.depth = 0, False, None, 0  # selected: the chosen tag's name
+
+    def handle_starttag(self, tag, attrs):
+        attrs = {name: value or "" for name, value in attrs}
+        self.author = self.author or (tag == "meta" and attrs.get("name", "").lower() == "author" and attrs.get(
+            "content"))
+        self.in_title, self.skipping = tag == "title", self.skipping + (tag in self.SKIPPED)
+        if self.selected is None and self.select and self.select[1:] in attrs.get(
+                "id" if self.select[0] == "#" else "class", "").split():
+            self.selected = tag
+        self.depth += tag == self.selected  # counts nested elements of the chosen one's name, to find where it ends
+        self.parts.append("\n\n" if tag == "p" else "\n" if tag in self.BREAKS else "")
+
+    def handle_endtag(self, tag):
+        self.skipping -= tag in self.SKIPPED and self.skipping > 0
+        self.depth -= tag == self.selected
+        self.selected = "" if self.selected == tag and self.depth == 0 else self.selected  # closed: keep nothing more
+        self.parts.append("\n\n" if tag == "p" else "\n" if tag in self.BREAKS - {"br"} else "")
+
+    def handle_data(self, data):
+        if self.in_title:
+            self.title += data
+        elif not self.skipping and (not self.select or (self.selected and self.depth > 0)):
+            self.parts.append(re.sub(r"\s+", " ", data))  # in HTML a line break in the source is just a space
+
+
+def page_document(text, select):
+    """One page as one document: its visible text, one line per line break, and its title and author."""
+    (page := PageText(select)).feed(text)
+    body = re.sub(r"\n{3,}", "\n\n", re.sub(r" *\n *", "\n", "".join(page.parts))).strip()
+    return {"text": body, "title": " ".join(page.title.split()), **({"author": page.author} if page.author else {})}
+
+
+def fetch_pages(text, config):
+    """The pages of a .urls file (an address a line, # comments), fetched politely: robots.txt obeyed, --delay seconds
+    between requests to a site, a User-Agent naming this script, each page kept in out_dir/pages for the next run."""
+    urls = [line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip()]
+    cache, robots, last, counts, documents = make_folder(Path(config.out_dir) / "pages"), {}, {}, Counter(), []
+    opener = urllib.request.OpenerDirector()  # http(s) only: a redirect to another scheme finds no handler
+    for handler in (urllib.request.ProxyHandler, urllib.request.HTTPHandler, urllib.request.HTTPSHandler,
+                    urllib.request.HTTPRedirectHandler, urllib.request.HTTPDefaultErrorHandler,
+                    urllib.request.HTTPErrorProcessor, urllib.request.UnknownHandler):
+        opener.add_handler(handler())
+    for url in tqdm(urls, desc="pages", unit="page"):
+        parts, path = urllib.parse.urlsplit(url), cache / (hashlib.sha256(url.encode()).hexdigest()[:32] + ".html")
+        site, outcome = f"{parts.scheme}://{parts.netloc}", "cached" if path.exists() else "fetched"
+        try:
+            if outcome == "fetched":
+                if parts.scheme not in ("http", "https"):
+                    raise PermissionError("only http(s) pages are read")
+                if site not in robots:  # each site's robots.txt is read once
+                    robots[site] = urllib.robotparser.RobotFileParser(site + "/robots.txt")
+                    robots[site].read()
+                if not robots[site].can_fetch(USER_AGENT, url):
+                    raise PermissionError("its site's robots.txt disallows it")
+                time.sleep(max(0.0, last.get(site, -1e9) + config.delay - time.monotonic()))
+                last[site] = time.monotonic()
+                with opener.open(urllib.request.Request(url, headers={"User-Agent": USER_AGENT}), timeout=30) as page:
+                    write_atomic(path, page.read())
+        except (OSError, ValueError) as error:  # no network, an HTTP error, a redirect to ftp:// or file://
+            outcome = f"{'skipped' if isinstance(error, PermissionError) else 'failed'}: {error}"
+        counts[outcome.split(":")[0]] += 1
+        if ":" in outcome:
+            print(f"{url} {outcome}")
+        else:
+            page = path.read_bytes().decode("utf-8", errors="replace")
+            documents.append({**page_document(page, config.select), "source": url})
+    print("pages: " + ", ".join(f"{counts[k]} {k}" for k in ("fetched", "cached", "skipped", "failed")))
+    return documents
 
 
 # Dakshina (Roark et al. 2020): romanization lexicons of 12 South Asian languages, one line per pair of a native-script
 # word and one way to write it in Latin letters. They are copied byte for byte, every row kept: several rows with one
 # native word are its several romanizations, which the any-reference metric of the seq2seq scripts needs.
-DAKSHINA_URL = "https://storage.googleapis.com/gresearch/dakshina/dakshina_dataset_v1.0.tar"
 DAKSHINA_LANGUAGES = ("bn", "gu", "hi", "kn", "ml", "mr", "pa", "sd", "si", "ta", "te", "ur")
 LEXICON_SHA256 = {  # the lexicons we have checked copies of; other files are used as the archive gives them
     "bn.translit.sampled.dev.tsv": "5d85422446dc80129506d8b21657b9283c6fb437ff90292eb62ca24aafb3e525",
@@ -660,9 +667,7 @@ LEXICON_SHA256 = {  # the lexicons we have checked copies of; other files are us
     "hi.translit.sampled.dev.tsv": "62019ba0e046ceffd7211a2797daf2d2970da77586ee056dcecaa34c38392bce",
     "hi.translit.sampled.train.tsv": "4b3f872d3363a91f949dfb640acab6a968ed7d2d65829a22af662c3e99ef7803",
     "ta.translit.sampled.dev.tsv": "c5bb92e01c7a2a1d1b8d18463d690519a8100fa14dbde7b38ea3e366df7a0bf8",
-    "ta.translit.sampled.train.tsv": "085760e523562b46103b16cfb60a0fd2c5c703bc93e57d9ed2e949e428d172b1",
-}
-LEXICON_LIMIT = 64 << 20  # bytes; the largest lexicon is a few MB, so a larger member is not one
+    "ta.translit.sampled.train.tsv": "085760e523562b46103b16cfb60a0fd2c5c703bc93e57d9ed2e949e428d172b1"}
 
 
 def prepare_dakshina(config):
@@ -674,7 +679,7 @@ def prepare_dakshina(config):
         source = Path(config.cache_dir) / "dakshina" / "dakshina_dataset_v1.0.tar"
         if not source.is_file():
             print(f"downloading the Dakshina archive (about 2 GB, once) into {source}")
-            download(DAKSHINA_URL, source)
+            download("https://storage.googleapis.com/gresearch/dakshina/dakshina_dataset_v1.0.tar", source)
     if source.is_dir():  # an unpacked archive, the mirror's layout, or a folder that holds the files itself
         folders = [source / sub for sub in (".", "lexicons", config.lang, f"{config.lang}/lexicons",
                                             f"dakshina_dataset_v1.0/{config.lang}/lexicons")]
@@ -688,12 +693,12 @@ def prepare_dakshina(config):
     out_dir, splits = make_folder(config.out_dir), {}
     (out_dir / "meta.json").unlink(missing_ok=True)  # as for token folders: written last, it marks a finished run
     for split, data in lexicons.items():
-        if LEXICON_SHA256.get(names[split], hashlib.sha256(data).hexdigest()) != hashlib.sha256(data).hexdigest():
+        digest = hashlib.sha256(data).hexdigest()
+        if LEXICON_SHA256.get(names[split], digest) != digest:
             raise SystemExit(f"error: {names[split]} in {source} is not the published lexicon (sha256 mismatch); "
                              f"delete it and download the archive again")
         write_atomic(out_dir / names[split], data)
-        splits[split] = {"file": names[split], "rows": len(data.splitlines()),
-                         "sha256": hashlib.sha256(data).hexdigest()}
+        splits[split] = {"file": names[split], "rows": len(data.splitlines()), "sha256": digest}
     meta = {"format": "nanoverse-dakshina-v1", "lang": config.lang, "source": str(source), "splits": splits}
     write_atomic(out_dir / "meta.json", json.dumps(meta, indent=1).encode())
     print(f"dakshina {config.lang}: " + ", ".join(f"{split} {info['rows']:,} rows" for split, info in splits.items())
@@ -702,8 +707,8 @@ def prepare_dakshina(config):
 
 
 def lexicons_from_archive(archive, names):
-    """Read the lexicons from the tar by their exact member names, and nothing else: only regular files of bounded
-    size, written later to names we choose, so a crafted archive cannot place anything outside the output folder."""
+    """The lexicons of the tar, by their exact member names: regular files of bounded size, later written to names
+    we choose, so a crafted archive cannot place anything outside the output folder."""
     wanted = {f"dakshina_dataset_v1.0/{name.split('.')[0]}/lexicons/{name}": split for split, name in names.items()}
 
     def refuse(reason):
@@ -719,7 +724,7 @@ def lexicons_from_archive(archive, names):
                     continue
                 if not member.isfile():
                     refuse(f"{member.name} is a {'link' if member.issym() or member.islnk() else 'folder'}, not a file")
-                if member.size > LEXICON_LIMIT:
+                if member.size > 64 << 20:  # the largest lexicon is a few MB
                     refuse(f"{member.name} is {member.size:,} bytes, far more than a lexicon")
                 lexicons[wanted[member.name]] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError) as error:
@@ -730,50 +735,37 @@ def lexicons_from_archive(archive, names):
 
 def check_config(config):
     """Fill in the dataset's defaults, and refuse in one sentence each the mistakes argparse cannot name."""
-    spec = DATASETS[config.dataset]
-    config.tokenizer = config.tokenizer or spec.get("tokenizer", "gpt2")
-    config.clean = spec.get("clean", True) if config.clean is None else config.clean
+    config.tokenizer = config.tokenizer or DATASETS[config.dataset].get("tokenizer", "gpt2")
+    config.clean = DATASETS[config.dataset].get("clean", True) if config.clean is None else config.clean
     config.out_dir = config.out_dir or str(Path("data", config.dataset, config.lang * (config.dataset == "dakshina")))
     for ok, message in [
         (config.dataset != "custom" or config.input, "the custom dataset needs --input PATH (a file or a folder)"),
         (not config.input or Path(config.input).expanduser().exists(),
          f"--input {config.input} does not exist; pass an existing file or folder"),
         (0 < config.val_fraction < 1, f"--val_fraction must be between 0 and 1, not {config.val_fraction}"),
-        (config.vocab_size >= 257 or config.tokenizer != "bpe",
-         "--vocab_size for bpe must be at least 257 (256 byte tokens + <|endoftext|>)"),
-        (not Path(config.out_dir).is_file(), f"--out_dir {config.out_dir} is a file; name a folder for the output"),
     ]:
         if not ok:
             raise SystemExit("error: " + message)
-    if config.eda and config.dataset != "dakshina":
-        try:
-            import matplotlib  # noqa: F401 (eda.png is drawn later; find out now that it cannot be)
-        except ImportError:
-            raise SystemExit("error: drawing eda.png needs matplotlib; pip install matplotlib, or pass --no-eda") \
-                from None
     return config
 
 
 def main(argv=None):
     if argv is None:  # in a notebook sys.argv holds the kernel's own flags (-f kernel.json): run with the defaults
         argv = [] if "ipykernel" in sys.modules else sys.argv[1:]
-    try:  # help text comes from the comments beside the Config fields
+    try:  # help text comes from the comments beside the Config fields (a notebook may have no source to read)
         comments = dict(re.findall(r"^\s+(\w+): .*?  # (.+)$", inspect.getsource(Config), re.M))
-    except (OSError, TypeError):  # no source to read: the flags work, without help text
+    except (OSError, TypeError):
         comments = {}
     parser = argparse.ArgumentParser(description="Cleanse, explore, tokenize and split text into token files.",
                                      allow_abbrev=False)  # a misspelled flag is an error, never a guess
     choices = {"dataset": list(DATASETS), "tokenizer": ["", "char", "gpt2", "bpe"], "split": ["", "doc", "contiguous"],
                "lang": list(DAKSHINA_LANGUAGES)}
     for field in fields(Config):
-        name, help_text = f"--{field.name}", comments.get(field.name, "").replace("%", "%%")  # argparse formats it
-        if field.name == "dataset":  # the one positional argument: python prepare_data.py poems
-            parser.add_argument("dataset", nargs="?", default=field.default, choices=choices["dataset"], help=help_text)
-        elif field.type is bool:
-            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
-        else:
-            parser.add_argument(name, type=field.type, default=field.default, choices=choices.get(field.name),
-                                help=help_text)
+        kind = {"action": argparse.BooleanOptionalAction} if field.type is bool else \
+            {"type": field.type, "choices": choices.get(field.name)}
+        positional = field.name == "dataset"  # the one positional argument: python prepare_data.py poems
+        parser.add_argument(field.name if positional else f"--{field.name}", **({"nargs": "?"} if positional else {}),
+                            default=field.default, help=comments.get(field.name, "").replace("%", "%%"), **kind)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         known = [f"--{prefix}{f.name}" for f in fields(Config) for prefix in ("", "no-")]

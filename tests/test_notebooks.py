@@ -34,6 +34,8 @@ NOTEBOOK_ARGS = {
                                  "--max_dev_rows", "20", "--epochs", "1", "--d_model", "16", "--d_ff", "32",
                                  "--beam_size", "2", "--heatmaps", "1"]),
     "finetune_gpt2": ("", ["--help"]),
+    "tune": (PREPARE_CHARS, ["--trials", "1", "--block_size", "16", "--batch_size", "16", "--max_iters", "2",
+                             "--eval_interval", "2"]),
     "embeddings_pca": ("", ["--input", os.path.join(MIRROR, "poetry_lyrics", "beatles.txt"), "--min_count", "2",
                             "--dim", "10", "--plot_words", "love,night,day,heart"]),
 }
@@ -71,6 +73,8 @@ def test_script_runs_as_a_notebook(name, tmp_path):
     guard = notebook.cells[-1].source.strip()
     assert guard.startswith('if __name__ == "__main__":') and guard.count("\n") == 1, \
         f"the last cell of {name}.py must hold the `if __name__ == \"__main__\":` guard alone, not {guard[:200]!r}"
+    # The notebook runs in a folder laid out like a clone: with no __file__, it finds the shipped text from there.
+    (tmp_path / "datasets").symlink_to(ROOT / "datasets")
     setup, arguments = NOTEBOOK_ARGS[name]
     notebook.cells[-1].source = (setup + "try:\n    result = main(" + json.dumps(arguments) + ")\n"
                                  "except SystemExit as stop:  # --help ends with SystemExit(0)\n"
