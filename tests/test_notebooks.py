@@ -27,16 +27,19 @@ NOTEBOOK_ARGS = {
                             "--batch_size", "4", "--max_iters", "3", "--eval_interval", "3", "--eval_iters", "1"]),
     "gpt_rope": (PREPARE_CHARS, ["--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--block_size", "16",
                                  "--batch_size", "4", "--max_iters", "3", "--eval_interval", "3", "--eval_iters", "1"]),
-    "seq2seq_rnn": ("", ["--data_dir", os.path.join(MIRROR, "dakshina"), "--max_train_rows", "200",
+    "seq2seq_rnn": ("", ["--data_dir", os.path.join(MIRROR, "dakshina", "hi"), "--max_train_rows", "200",
                          "--max_dev_rows", "20", "--epochs", "1", "--hidden_size", "16", "--embedding_size", "8",
                          "--beam_size", "2", "--heatmaps", "1"]),
+    "seq2seq_transformer": ("", ["--data_dir", os.path.join(MIRROR, "dakshina", "hi"), "--max_train_rows", "200",
+                                 "--max_dev_rows", "20", "--epochs", "1", "--d_model", "16", "--d_ff", "32",
+                                 "--beam_size", "2", "--heatmaps", "1"]),
     "finetune_gpt2": ("", ["--help"]),
     "tune": (PREPARE_CHARS, ["--trials", "1", "--block_size", "16", "--batch_size", "16", "--max_iters", "2",
                              "--eval_interval", "2"]),
     "embeddings_pca": ("", ["--input", os.path.join(MIRROR, "poetry_lyrics", "beatles.txt"), "--min_count", "2",
                             "--dim", "10", "--plot_words", "love,night,day,heart"]),
 }
-NEEDS_MIRROR = {"seq2seq_rnn", "embeddings_pca"}
+NEEDS_MIRROR = {"seq2seq_rnn", "seq2seq_transformer", "embeddings_pca"}
 
 # The kernel gets the same guard as the tests: no connection leaves this machine.
 NO_NETWORK = """
