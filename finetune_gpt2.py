@@ -257,7 +257,6 @@ def read_safetensors(path):
     """{name: tensor} from a .safetensors file; a file that breaks the format gets one CheckpointError sentence."""
     def refuse(problem):
         return CheckpointError(f"{path} is not a valid safetensors file: {problem}")
-
     size = Path(path).stat().st_size
     with open(path, "rb") as f:
         header_length = int.from_bytes(f.read(8), "little")
@@ -309,7 +308,7 @@ def write_safetensors(tensors, file):
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, tensor in tensors.items():
         size = tensor.numel() * tensor.element_size()
-        header[name] = {"dtype": names[tensor.dtype], "shape": list(tensor.shape), 
+        header[name] = {"dtype": names[tensor.dtype], "shape": list(tensor.shape),
                         "data_offsets": [offset, offset + size]}
         offset += size
     header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -353,12 +352,6 @@ def load_weights(model, state, source):
             ours[name].copy_(tensor.float())  # float16 and bfloat16 checkpoints are widened to float32
 
 
-def export_weights(model):
-    """The model's weights under Hugging Face GPT-2's names and layouts (the inverse of load_weights)."""
-    return {name: tensor.t() if name.endswith(CONV1D_WEIGHTS) else tensor
-            for name, tensor in model.state_dict().items() if name != "lm_head.weight"}  # tied: stored once, as wte
-
-
 ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_fast": "gelu", "relu": "relu"}
 GPT2_ARCHITECTURE = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "add_cross_attention": False,
                      "reorder_and_upcast_attn": False, "tie_word_embeddings": True}  # the choices GPT-2 made
@@ -394,15 +387,12 @@ def config_from_hf(hf, source):
 
 
 def config_to_hf(config):
-    """The config.json that transformers' GPT2LMHeadModel.from_pretrained expects."""
-    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
-            "vocab_size": config.vocab_size, "n_positions": config.block_size, "n_ctx": config.block_size,
-            "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
-            "n_inner": None if config.mlp_ratio == 4 else config.mlp_ratio * config.n_embd,
+    """The config.json that transformers' GPT2LMHeadModel.from_pretrained expects (its defaults left out)."""
+    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
+            "n_positions": config.block_size, "n_layer": config.n_layer, "n_head": config.n_head,
+            "n_embd": config.n_embd, "n_inner": None if config.mlp_ratio == 4 else config.mlp_ratio * config.n_embd,
             "activation_function": "gelu_new" if config.activation == "gelu" else "relu",
-            "layer_norm_epsilon": config.layer_norm_epsilon, "resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1,
-            "initializer_range": 0.02, "bos_token_id": 50256, "eos_token_id": 50256, "torch_dtype": "float32",
-            "use_cache": True, **GPT2_ARCHITECTURE}
+            "layer_norm_epsilon": config.layer_norm_epsilon, **GPT2_ARCHITECTURE}
 
 
 def load_hf_folder(folder, dropout=0.0):
@@ -459,9 +449,30 @@ def split_passages(passages, val_fraction, seed):
     train_texts = {passages[i][0] for i in train_ids}
     val_ids = [i for i in sorted(val_ids) if passages[i][0] not in train_texts]
     if not val_ids:
-        raise SystemExit("error: every validation passage is also in the training text (the input repeats itself), "
-                         "so nothing is left to validate on: give more varied text")
-    return [[(passages[i][0], passages[i][1] or i + 1 not in set(ids)) for i in ids] for ids in (train_ids, val_ids)]
+        raise SystemExit("error: no passage is left to validate on (the text is empty, or every passage of it repeats "
+                         "one in the training split): give more varied text, with blank lines between poems")
+    return [[(passages[i][0], passages[i][1] or i + 1 not in chosen) for i in ids]
+            for ids, chosen in ((train_ids, set(train_ids)), (val_ids, set(val_ids)))]
+
+
+def read_token_folder(folder, encoding):
+    """train.bin and val.bin of `python prepare_data.py NAME --tokenizer gpt2`, read through np.memmap (the token ids
+    stay on disk until a window needs them), and the validation documents as text for BLEU."""
+    hint = "run `python prepare_data.py lyrics --tokenizer gpt2 --input DIR` (or your dataset) first"
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        if meta.get("tokenizer") != "gpt2":
+            raise SystemExit(f"error: --data_dir {folder} holds {meta.get('tokenizer')} tokens, not GPT-2's: {hint}")
+        train, val = (np.memmap(folder / f"{split}.bin", dtype=np.dtype(meta["dtype"]), mode="r")
+                      for split in ("train", "val"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise SystemExit(f"error: --data_dir {folder} is not a complete prepare_data.py folder ({error}): "
+                         f"{hint}") from None
+    head = np.asarray(val[:2_000_000])  # prepare_data.py puts <|endoftext|> between documents, not after the last
+    ends = np.flatnonzero(head == encoding.eot_token)
+    if len(head) == len(val) and (len(ends) == 0 or ends[-1] != len(val) - 1):
+        ends = np.append(ends, len(val))
+    return train, val, [encoding.decode(val[start + 1:end].tolist()) for start, end in zip([-1, *ends[:199]], ends)]
 
 
 def load_corpus(config, encoding):
@@ -472,9 +483,6 @@ def load_corpus(config, encoding):
     else:
         texts, source = read_texts(config)
         passages = [passage for text in texts for passage in split_documents(text)]
-        if len(passages) < 2:
-            raise SystemExit(f"error: {source} holds {len(passages)} passage(s) of text; fine-tuning needs at least "
-                             f"two (one to train on, one to validate), separated by a blank line")
         train_passages, val_passages = split_passages(passages, config.val_fraction, config.seed)
         train, val = encode_documents(train_passages, encoding), encode_documents(val_passages, encoding)
         val_documents = [passage for passage, _ in val_passages]
@@ -500,6 +508,9 @@ class TokenWindows(Dataset):
     def __getitem__(self, i):
         window = torch.from_numpy(np.asarray(self.tokens[i * self.block_size:(i + 1) * self.block_size + 1], np.int64))
         return window[:-1], window[1:]
+
+
+CHECKPOINT_FORMAT = "nanoverse-finetune-gpt2-v2"
 
 
 # %% Fine-tuning: the loop that trains GPT-2 from scratch, started from its weights, with a small learning rate
@@ -843,8 +854,9 @@ def save_hf_folder(model, folder, card=""):
     old = building.with_suffix(".old")
     try:
         building.chmod(0o755)
-        with open(building / "model.safetensors", "wb") as f:
-            write_safetensors({name: t.float() for name, t in export_weights(model).items()}, f)
+        with open(building / "model.safetensors", "wb") as f:  # load_weights in reverse: Conv1D layouts, no lm_head
+            write_safetensors({name: (t.t() if name.endswith(CONV1D_WEIGHTS) else t).float()
+                               for name, t in model.state_dict().items() if name != "lm_head.weight"}, f)
         for name, original in TOKENIZER_FILES.items():
             (building / name).write_bytes(tiktoken.load.read_file_cached(TOKENIZER_URL + original))
         tokenizer_config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": model.config.block_size,
@@ -861,6 +873,7 @@ def save_hf_folder(model, folder, card=""):
         shutil.rmtree(building, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)
+    print(f"saved a Hugging Face folder in {folder}")
 
 
 # %% Plumbing: files, downloads, checkpoints, the model card, the loss picture, command line (skip on a first read)
@@ -899,8 +912,7 @@ def download(url, path, sha256=None, hint="pass a local Hugging Face folder with
     path, redirects = Path(path), Redirects()
 
     def fetch(file):
-        request = urllib.request.Request(url, headers={"User-Agent": "nanoverse-finetune-gpt2"})
-        with urllib.request.build_opener(redirects).open(request, timeout=60) as response:
+        with urllib.request.build_opener(redirects).open(url, timeout=60) as response:
             size, done, digest = int(response.headers.get("Content-Length") or -1), 0, hashlib.sha256()
             with tqdm(total=max(size, 0) or None, unit="B", unit_scale=True, desc=path.name) as bar:
                 while chunk := response.read(1 << 20):
@@ -947,42 +959,18 @@ def read_texts(config):
     files = sorted(path.glob("*.txt")) if path.is_dir() else [path] if path.is_file() else []
     if not files:
         raise SystemExit(f"error: --input {path} is neither a .txt file nor a folder of .txt files: name your text")
-    texts = [file.read_bytes() for file in files]
-    for file, raw in zip(files, texts):
-        if raw.decode("utf-8", errors="replace").count("\ufffd") > raw.count("\ufffd".encode()):
+    texts = []
+    for file in files:
+        texts.append((raw := file.read_bytes()).decode("utf-8", errors="replace"))
+        if texts[-1].count("\ufffd") > raw.count("\ufffd".encode()):
             print(f"warning: {file} is not valid UTF-8; the bytes that are not were replaced by \ufffd")
-    return [raw.decode("utf-8", errors="replace") for raw in texts], str(path)
-
-
-def read_token_folder(folder, encoding):
-    """train.bin and val.bin of `python prepare_data.py NAME --tokenizer gpt2` (token ids in the dtype meta.json
-    names), and the validation documents as text for BLEU: prepare_data.py puts <|endoftext|> between documents."""
-    hint = "run `python prepare_data.py lyrics --tokenizer gpt2 --input DIR` (or your dataset) first"
-    try:
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-        if meta.get("tokenizer") != "gpt2":
-            raise SystemExit(f"error: --data_dir {folder} holds {meta.get('tokenizer')} tokens, not GPT-2's: {hint}")
-        train, val = (np.memmap(folder / f"{split}.bin", dtype=np.dtype(meta["dtype"]), mode="r")
-                      for split in ("train", "val"))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise SystemExit(f"error: --data_dir {folder} is not a complete prepare_data.py folder ({error}): "
-                         f"{hint}") from None
-    head = np.asarray(val[:2_000_000])
-    ends = np.flatnonzero(head == encoding.eot_token)
-    if len(head) == len(val) and (len(ends) == 0 or ends[-1] != len(val) - 1):  # the last document has no marker
-        ends = np.append(ends, len(val))
-    return train, val, [encoding.decode(val[start + 1:end].tolist()) for start, end in zip([-1, *ends[:199]], ends)]
-
-
-CHECKPOINT_FORMAT = "nanoverse-finetune-gpt2-v2"
+    return texts, str(path)
 
 
 def read_torch_file(path, what_to_do):
-    """torch.load with weights_only: a pickle that tries to build anything but tensors and plain data is refused, and
-    never run (torch's own message would suggest weights_only=False, which runs whatever the file holds)."""
-    try:
+    try:  # weights_only: a pickle that would build anything but tensors and plain data is refused, never run
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated, random bytes, or a pickle that wants to run code: one answer for all
+    except Exception as error:  # torch's own message suggests weights_only=False, which would run the file: not here
         raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint ({type(error).__name__}): it is "
                               f"truncated, damaged or no checkpoint at all; {what_to_do}") from None
 
@@ -1004,33 +992,31 @@ def comparison_table(before, after, columns, config, pairs):
 
 
 def model_card(model, config, steps, epochs=0, table=""):
-    """A short Hugging Face model card: what the model is, how to use it, how it was trained, and on what."""
-    base, hub_id = Path(config.init_from).name, HUB_MODELS.get(config.init_from)  # never a private local path
-    data = f"`{Path(config.input or config.data_dir).name}`" if config.input or config.data_dir else \
-        "Tiny Shakespeare (Karpathy's char-rnn extract of the plays, public domain)"
-    what = f"fine-tuned from `{base}` on {data}" if steps else f"`{base}` in this format, without any training"
-    training = "" if not steps else (
-        f"\n## Training\n\n{steps} optimizer steps ({epochs:g} epochs) of batch {config.batch_size} x "
-        f"{config.grad_accum_steps} accumulation x {config.block_size} tokens; AdamW at {config.learning_rate:g} with "
-        f"{config.warmup_steps} warmup steps and linear decay, weight decay {config.weight_decay}, dropout "
-        f"{config.dropout}, {config.freeze_layers} frozen blocks.\n\n{table}\n")
+    """A short Hugging Face model card: what the model is, how it was trained and on what, and the licenses."""
+    hub_id, base = HUB_MODELS.get(config.init_from), Path(config.init_from).name  # a local path may be private
+    data = f"`{Path(config.input or config.data_dir).name}`" if config.input or config.data_dir else "Tiny Shakespeare"
+    training = f"""## Training
+
+{steps} optimizer steps ({epochs:g} epochs) on {data}, batches of {config.batch_size} x {config.grad_accum_steps} \
+windows of {config.block_size} tokens, AdamW at {config.learning_rate:g} ({config.warmup_steps} warmup steps, then \
+linear decay), weight decay {config.weight_decay}, dropout {config.dropout}, {config.freeze_layers} frozen blocks.
+
+{table}
+""" if steps else f"Converted from `{base}` without any training.\n"
     return f"""---
 license: mit
 library_name: transformers
-pipeline_tag: text-generation
-tags: [gpt2, text-generation, nanoverse]{f"{chr(10)}base_model: {hub_id}" if hub_id else ""}
+pipeline_tag: text-generation{f"{chr(10)}base_model: {hub_id}" if hub_id else ""}
 ---
 
-# GPT-2 {"fine-tuned" if steps else "in the Hugging Face format"}
+# GPT-2 {f"fine-tuned from `{base}`" if steps else "in the Hugging Face format"}
 
-A {model.config.n_layer}-layer GPT-2 ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) {what}
-with nanoverse's `finetune_gpt2.py`. Use it with `transformers.pipeline("text-generation", model="path/or/hub-id")`.
+A {model.config.n_layer}-layer GPT-2 ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) written by \
+nanoverse's `finetune_gpt2.py`: `transformers.pipeline("text-generation", model=...)` loads it.
+
 {training}
-## License and training data
-
-GPT-2's weights come under OpenAI's modified MIT license. Training text: {data if steps else "none"}. Song lyrics and
-most modern poems are copyrighted: publish a model trained on them only where their license allows it. A small model
-trained on a small corpus imitates the style of its text, repeats itself and knows nothing reliable.
+GPT-2's weights come under OpenAI's modified MIT license. Song lyrics and most modern poems are copyrighted: publish \
+a model trained on them only where their license allows it.
 """
 
 
@@ -1038,7 +1024,6 @@ def plot_losses(log_path, png_path):
     """The training loss at each logged step and the validation loss at each evaluation (at the start: before
     fine-tuning), read from log.jsonl, so that a resumed run's picture shows the whole run."""
     from matplotlib.figure import Figure  # no pyplot: no window, and a notebook's own plotting stays as it was
-
     records = []
     for line in log_path.read_text(encoding="utf-8").splitlines():
         try:
@@ -1114,18 +1099,6 @@ def parse_config(argv):
     return Config(**vars(typed)), vars(typed)
 
 
-def pick_device(name):
-    """torch.device for --device: auto picks cuda, then mps, then cpu."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    kind, _, index = name.partition(":")
-    present = {"cpu": not index, "mps": torch.backends.mps.is_available() and not index, "cuda": torch.cuda.is_available()
-               and (not index or index.isdigit() and int(index) < torch.cuda.device_count())}
-    if not present.get(kind):
-        raise SystemExit(f"error: --device {name} is not a device of this machine: use auto, cpu, cuda, cuda:N or mps")
-    return torch.device(name)
-
-
 def main(argv=None):
     if argv is None:  # in a notebook, sys.argv holds the kernel's own flags: run with the defaults
         argv = [] if "ipykernel" in sys.modules else sys.argv[1:]
@@ -1142,13 +1115,11 @@ def run(config, typed):
     world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))  # set by torchrun
     out_dir, checkpoint = Path(config.out_dir), None
     if config.init_from == "resume":  # a resumed run is the same run: the checkpoint's settings, except those typed
-        if not (out_dir / "ckpt.pt").is_file():
-            raise CheckpointError(f"--init_from resume needs {out_dir / 'ckpt.pt'}: train without it first, or name "
-                                  f"the run's folder with --out_dir")
-        checkpoint = read_torch_file(out_dir / "ckpt.pt", "start a fresh run with another --out_dir")
+        checkpoint = read_torch_file(out_dir / "ckpt.pt", "start a fresh run with another --out_dir") \
+            if (out_dir / "ckpt.pt").is_file() else {}
         if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{out_dir / 'ckpt.pt'} was not written by this version of finetune_gpt2.py: start "
-                                  f"a fresh run with another --out_dir")
+            raise CheckpointError(f"--init_from resume needs a checkpoint of this version of finetune_gpt2.py in "
+                                  f"{out_dir / 'ckpt.pt'}: start a fresh run with another --out_dir")
         saved = checkpoint["config"] | ({"input": "", "data_dir": ""} if {"input", "data_dir"} & typed.keys() else {})
         config = Config(**saved | typed | {"init_from": saved["init_from"], "out_dir": config.out_dir})
     check_config(config, checkpoint and checkpoint["config"])
@@ -1157,7 +1128,14 @@ def run(config, typed):
         if torch.cuda.is_available():
             config.device = f"cuda:{os.environ['LOCAL_RANK']}"
             torch.cuda.set_device(config.device)
-    device, dtype = pick_device(config.device), config.dtype
+    if config.device == "auto":
+        config.device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    kind, _, index = config.device.partition(":")
+    if not {"cpu": not index, "mps": torch.backends.mps.is_available() and not index, "cuda": torch.cuda.is_available()
+            and (not index or index.isdigit() and int(index) < torch.cuda.device_count())}.get(kind):
+        raise SystemExit(f"error: --device {config.device} is not a device of this machine: use auto, cpu, cuda, "
+                         f"cuda:N or mps")
+    device, dtype = torch.device(config.device), config.dtype
     if dtype == "auto":  # bfloat16 keeps float32's range; float16 needs its gradients scaled up so they don't vanish
         dtype = "float32" if device.type != "cuda" else "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
     autocast = nullcontext() if dtype == "float32" else torch.autocast(device.type, dtype=getattr(torch, dtype))
@@ -1174,14 +1152,12 @@ def run(config, typed):
     if checkpoint:
         model = GPT(GPTConfig(**checkpoint["model_config"] | {"dropout": config.dropout}))
         model.load_state_dict(checkpoint["model"])
-    elif config.init_from in HUB_MODELS:  # downloaded once into --cache_dir, from the Hub or a mirror of it
-        folder, endpoint = Path(config.cache_dir, config.init_from), \
-            os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-        for name in ("config.json", "model.safetensors"):
-            download(f"{endpoint}/{HUB_MODELS[config.init_from]}/resolve/main/{name}", folder / name)
+    else:  # a Hub name is downloaded once into --cache_dir, from the Hub or the mirror HF_ENDPOINT names
+        folder = Path(config.cache_dir, config.init_from) if config.init_from in HUB_MODELS else config.init_from
+        for name in ("config.json", "model.safetensors") if config.init_from in HUB_MODELS else ():
+            download(f"{os.environ.get('HF_ENDPOINT', 'https://huggingface.co')}/{HUB_MODELS[config.init_from]}"
+                     f"/resolve/main/{name}", folder / name)
         model = load_hf_folder(folder, config.dropout)
-    else:
-        model = load_hf_folder(config.init_from, config.dropout)
     if config.mode != "generate" and config.block_size > model.config.block_size:  # generation slides its own window
         raise SystemExit(f"error: --block_size {config.block_size} is longer than the model's context "
                          f"({model.config.block_size}): use a smaller one")
@@ -1197,11 +1173,10 @@ def run(config, typed):
         print(f"model: {f'{out_dir} at step {start}' if checkpoint else config.init_from} "
               f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) on {device}")
     if config.mode == "generate":
-        print("".join(f"{text}\n{'-' * 80}\n" for text in sample_texts(model, encoding, prompt, config, device,
-                                                                         config.seed)))
+        for text in sample_texts(model, encoding, prompt, config, device, config.seed):
+            print(f"{text}\n{'-' * 80}")
         if config.save_hf:
             save_hf_folder(model, config.save_hf, model_card(model, config, start, checkpoint and checkpoint["epochs"]))
-            print(f"saved a Hugging Face folder in {config.save_hf}")
         return
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -1220,6 +1195,9 @@ def run(config, typed):
             f"{label}: " + ", ".join(f"{key} {value:.4g}" for key, value in scores.items() if value is not None))
         return scores, sample_texts(model, encoding, prompt, config, device, config.seed)
 
+    def show_sample(step):  # tqdm.write keeps the text off the progress bar's line
+        tqdm.write(f"--- sample at step {step}:\n{sample_texts(model, encoding, prompt, config, device, step)[0]}")
+
     pairs = bleu_passages(val_documents, config)
     # After a resume the starting point is the checkpoint, not the base model (which is not loaded again): say so.
     before_label = f"at resume (step {start})" if checkpoint else "base model"
@@ -1229,9 +1207,6 @@ def run(config, typed):
     if config.mode == "evaluate":
         print("".join(f"\n{text}\n{'-' * 80}" for text in before_samples))
         return
-    def show_sample(step):  # tqdm.write keeps the text off the progress bar's line
-        tqdm.write(f"--- sample at step {step}:\n{sample_texts(model, encoding, prompt, config, device, step)[0]}")
-
     step, epochs = finetune(model, train_tokens, val_tokens, config, device, autocast, scaler, checkpoint, log,
                             show_sample, rank, world_size)
     if rank == 0:
@@ -1242,7 +1217,6 @@ def run(config, typed):
         plot_losses(out_dir / "log.jsonl", out_dir / "loss.png")
         if config.save_hf:
             save_hf_folder(model, config.save_hf, model_card(model, config, step, epochs, table))
-            print(f"\nsaved a Hugging Face folder in {config.save_hf}")
     if world_size > 1:
         torch.distributed.destroy_process_group()
 

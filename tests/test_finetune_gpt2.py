@@ -600,7 +600,7 @@ def test_unreadable_and_foreign_checkpoints_are_named(small_run, tmp_path):
         torch.save(content, out / "ckpt.pt")
         with pytest.raises(SystemExit) as error:
             ft.main(small_run + ["--out_dir", str(out), "--init_from", "resume"])
-        assert "was not written by this version of finetune_gpt2.py" in one_sentence(error)
+        assert "needs a checkpoint of this version of finetune_gpt2.py in" in one_sentence(error)
     with pytest.raises(SystemExit) as error:  # a checkpoint file is no starting point: a Hugging Face folder is
         ft.main(small_run + ["--init_from", str(out / "ckpt.pt"), "--out_dir", str(tmp_path / "other")])
     assert "holds no config.json and model.safetensors" in one_sentence(error)
@@ -649,13 +649,12 @@ def test_bad_values_are_named_alone(flags, message, tmp_path, monkeypatch):
         ft.main(flags)
 
 
-def test_devices_that_are_not_there_are_named():
-    with pytest.raises(SystemExit, match="^error: --device gpu is not a device of this machine: use auto, cpu, cuda"):
-        ft.pick_device("gpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(SystemExit, match="^error: --device cuda:1 is not a device of this machine"):
-            ft.pick_device("cuda:1")
-    assert ft.pick_device("cpu") == torch.device("cpu")
+def test_devices_that_are_not_there_are_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    devices = ["gpu", "cpu:0"] + ([] if torch.cuda.is_available() else ["cuda", "cuda:1"])
+    for device in devices + ([] if torch.backends.mps.is_available() else ["mps"]):
+        with pytest.raises(SystemExit, match=f"^error: --device {device} is not a device of this machine: use auto"):
+            ft.main(["--device", device])
 
 
 def test_mistakes_are_refused_before_any_work(small_run, tmp_path, capsys):
@@ -668,13 +667,13 @@ def test_mistakes_are_refused_before_any_work(small_run, tmp_path, capsys):
     (tmp_path / "chars" / "meta.json").write_text(json.dumps({"format": "nanoverse-tokens-v1", "tokenizer": "char"}))
     cases = [
         (["--input", str(tmp_path / "no_text")], "is neither a .txt file nor a folder of .txt files"),
-        (["--input", str(tmp_path / "empty.txt")], "holds 0 passage(s) of text"),
-        (["--input", str(same)], "every validation passage is also in the training text"),
+        (["--input", str(tmp_path / "empty.txt")], "no passage is left to validate on (the text is empty"),
+        (["--input", str(same)], "every passage of it repeats one in the training split"),
         (["--input", "", "--data_dir", str(tmp_path / "missing")], "is not a complete prepare_data.py folder"),
         (["--input", "", "--data_dir", str(tmp_path / "chars")], "holds char tokens, not GPT-2's"),
         (["--save_hf", str(tmp_path / "a_file")], "is a file, not a folder"),
         (["--out_dir", str(tmp_path / "a_file" / "run")], "is a file, not a folder"),
-        (["--out_dir", str(tmp_path / "new"), "--init_from", "resume"], "--init_from resume needs"),
+        (["--out_dir", str(tmp_path / "new"), "--init_from", "resume"], "--init_from resume needs a checkpoint"),
     ]
     for flags, message in cases:  # each refused before a model is loaded
         with pytest.raises(SystemExit) as error:
@@ -730,7 +729,7 @@ def test_max_steps_overrides_epochs_and_the_model_card_says_what_happened(small_
     checkpoint = torch.load(out / "ckpt.pt", weights_only=True)
     assert checkpoint["step"] == 7 and [r["epoch"] for r in log_records(out) if "epoch" in r] == [1.0, 1.4]
     card = (out / "hf" / "README.md").read_text()
-    assert "7 optimizer steps (1.4 epochs)" in card and "fine-tuned from `base` on `verse`" in card
+    assert "7 optimizer steps (1.4 epochs) on `verse`" in card and "# GPT-2 fine-tuned from `base`" in card
     assert str(tmp_path) not in card and "| metric | base model | fine-tuned |" in card
     assert "license: mit" in card and "copyrighted" in card and "base_model:" not in card  # a local folder
     ft.main(small_run + ["--out_dir", str(out), "--init_from", "resume", "--max_steps", "9"])  # --save_hf: the run's
@@ -740,7 +739,7 @@ def test_max_steps_overrides_epochs_and_the_model_card_says_what_happened(small_
     # --block_size longer than the model's context (64) matters only to training and evaluation, not to sampling.
     ft.main(small_run + ["--mode", "generate", "--save_hf", str(tmp_path / "converted"), "--block_size", "128"])
     card = (tmp_path / "converted" / "README.md").read_text()
-    assert "`base` in this format, without any training" in card and "## Training" not in card
+    assert "Converted from `base` without any training" in card and "## Training" not in card
     assert not (tmp_path / "out-finetune").exists() and str(tmp_path) not in card
 
 
