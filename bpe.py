@@ -12,24 +12,23 @@ Run:
            python bpe.py show --model out/bpe.model "To be, or not to be" --explain Shakespeare
            python bpe.py show --model gpt2 "Hello world!"           (GPT-2's own tokenizer)
     GPU:   not needed: tokenization is string work on the CPU.
-    Colab: paste this file into a cell and run it (it trains on Tiny Shakespeare and shows a sentence), or call
-           main(["show", "--model", "gpt2", "Hello world!"]).
+    Colab: paste this file into a cell and run it (it trains on Tiny Shakespeare), or main(["show", "--model", "gpt2",
+           "Hello world!"]).
 
 Python:
     >>> tok = Tokenizer.train("aaabdaaabac", vocab_size=259, pattern="none", special_tokens=())
-    >>> tok.encode("aaabdaaabac")      # merges aa -> 256, ab -> 257, (aa)(ab) -> 258: "XdXac"
+    >>> tok.encode("aaabdaaabac")      # merges aa -> 256, ab -> 257, (aa)(ab) -> 258: "XdXac"; decode undoes it
     [258, 100, 258, 97, 99]
-    >>> tok.decode([258, 100, 258, 97, 99])
-    'aaabdaaabac'
 """
 
 import argparse
-import hashlib
+import difflib
 import heapq
+import inspect
 import json
 import os
+import re
 import sys
-import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import dataclass, fields
 from itertools import chain, repeat
@@ -42,19 +41,17 @@ from tqdm import tqdm
 @dataclass
 class Config:
     command: str = "train"  # what to do: train | encode | decode | show
-    input: str = ""  # training (or encoding) text file; default: Tiny Shakespeare from $NANOVERSE_DATA or downloaded
+    input: str = ""  # training (or encoding) text file; default: Tiny Shakespeare, which ships with the repository
     vocab_size: int = 512  # final vocabulary size: 256 bytes + merges + special tokens
     pattern: str = "gpt2"  # pre-tokenizer split: gpt2 | gpt4 | none (one chunk: slow, for study) | any regex
     special: tuple = ("<|endoftext|>",)  # special tokens added after the merges (give none for no special tokens)
     out: str = "out/bpe"  # output prefix for train: writes PREFIX.model and PREFIX.vocab
     model: str = "out/bpe.model"  # model file for encode / decode / show, or "gpt2" for GPT-2's own tokenizer
     explain: str = ""  # show: print the merges applied to this word step by step
-    color: bool = True  # show: colour the token boundaries on a terminal (else mark them with |)
     verbose: bool = True  # train: progress bar and summary
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Pre-tokenization: split text into chunks; merges happen only inside a chunk.
+# %% Pre-tokenization: split text into chunks; merges happen only inside a chunk
 
 # GPT-2's pattern from its original encoder.py: contractions, an optional space + letters, an optional space + digits,
 # an optional space + other symbols, then whitespace (a run of spaces keeps its last space for the next word).
@@ -74,14 +71,15 @@ def resolve_pattern(pattern):
     if pattern is None or pattern in PATTERNS:
         return PATTERNS.get(pattern)
     try:
-        regex.compile(pattern)
+        groups = regex.compile(pattern).groups
     except regex.error as error:
         raise ValueError(f"pattern {pattern!r} is neither gpt2, gpt4, none nor a valid regex ({error})") from None
+    if groups:  # findall would return what the groups matched, not the chunks
+        raise ValueError(f"pattern {pattern!r} has a capture group; write groups as (?:...) so that it finds chunks")
     return pattern
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# The one operation of BPE, shared by both trainers and by the encoder.
+# %% Training: the one operation of BPE (merge), the textbook trainer and the fast one
 
 
 def merge(ids, pair, new_id):
@@ -125,7 +123,7 @@ def train_reference(chunks, num_merges):
     return merges
 
 
-def train_fast(chunks, num_merges, progress=None):
+def train_fast(chunks, num_merges, progress=lambda: None):
     """The same merges as train_reference, without rereading the text for every merge.
 
     1. Chunks repeat ("the" appears thousands of times): keep each distinct chunk once with its frequency.
@@ -177,46 +175,15 @@ def train_fast(chunks, num_merges, progress=None):
             words[index] = merged
         for pair in new_pairs:
             heapq.heappush(heap, (-pair_counts[pair], pair))
-        if progress is not None:
-            progress()
+        progress()
     return merges
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# GPT-2's files spell bytes as printable characters; this is the table that undoes it.
-
-
-def bytes_to_unicode():
-    """GPT-2's byte -> character table for encoder.json and vocab.bpe.
-
-    Bytes that are printable Latin-1 characters ('!'..'~', '¡'..'¬', '®'..'ÿ') stand for themselves; the other 68
-    bytes (space, newline, control bytes...) are given the characters 256, 257, ... in byte order, so that every token
-    is a visible, whitespace-free string.
-    """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            table[byte] = chr(byte)
-        else:
-            table[byte] = chr(256 + extra)
-            extra += 1
-    return table
-
-
-def render(token_bytes):
-    """A token's bytes as readable text: invalid UTF-8 becomes �, control characters are escaped (\\n, \\x00)."""
-    text = token_bytes.decode("utf-8", errors="replace")
-    return "".join(ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in text)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The tokenizer.
+# %% The tokenizer: train, encode with special tokens, decode, explain
 
 FORMAT = "nanoverse-bpe v1"
 NEVER = float("inf")  # the priority of a pair that was never merged
 CACHE_LIMIT = 100_000  # distinct chunks remembered by encode (about 20 MB at most)
-LONG_CHUNK = 64  # chunks of more bytes take the heap encoder (faster above a few dozen bytes); words stay in the loop
 
 
 class Tokenizer:
@@ -234,17 +201,13 @@ class Tokenizer:
         self.vocab = {token_id: bytes([byte]) for byte, token_id in enumerate(self.byte_ids)}  # id -> bytes
         for (left, right), new_id in self.merges.items():
             self.vocab[new_id] = self.vocab[left] + self.vocab[right]
-        for text, token_id in self.special_tokens.items():
-            self.vocab[token_id] = text.encode("utf-8")
+        self.vocab.update((token_id, text.encode("utf-8")) for text, token_id in self.special_tokens.items())
         self._split = regex.compile(pattern).findall if pattern else (lambda text: [text] if text else [])
-        self._byte_table = bytes(self.byte_ids) if max(self.byte_ids) < 256 else None
         self._cache = {}  # chunk -> tuple of ids
 
     @property
     def vocab_size(self):
         return len(self.vocab)
-
-    # -- training ------------------------------------------------------------------------------------------------------
 
     @classmethod
     def train(cls, text, vocab_size, pattern="gpt2", special_tokens=("<|endoftext|>",), verbose=False,
@@ -262,36 +225,24 @@ class Tokenizer:
         if not isinstance(vocab_size, int) or vocab_size < smallest:
             raise ValueError(f"vocab_size={vocab_size} is too small: it must be at least 256 bytes + "
                              f"{len(special_tokens)} special tokens = {smallest}")
-        if not text or all(not part for part in _cut_specials(text, special_tokens)):
+        parts = [part for part in _cut_specials(text, special_tokens) if part]
+        if not parts:
             raise ValueError("the training text is empty: give a text with at least a few words in it")
         pattern = resolve_pattern(pattern)
         split = regex.compile(pattern).findall if pattern else (lambda part: [part])
-        chunks = [chunk for part in _cut_specials(text, special_tokens) if part for chunk in split(part)]
-        num_merges = vocab_size - smallest
-        if trainer == "reference":
-            merges = train_reference(chunks, num_merges)
-        elif trainer == "fast":
-            with tqdm(total=num_merges, desc="merges", unit="merge", disable=not verbose) as bar:
-                merges = train_fast(chunks, num_merges, progress=bar.update)
-        else:
-            raise ValueError(f"trainer={trainer!r} is unknown: use 'fast' or 'reference'")
-        first_special = 256 + len(merges)
-        specials = {text: first_special + i for i, text in enumerate(special_tokens)}
-        tokenizer = cls(merges, pattern, specials)
-        if verbose and len(merges) < num_merges:
-            print(f"stopped after {len(merges)} merges: every chunk of the text is already a single token")
-        return tokenizer
-
-    # -- encoding ------------------------------------------------------------------------------------------------------
+        chunks = [chunk for part in parts for chunk in split(part)]
+        if sum(map(len, chunks)) != sum(map(len, parts)):  # the chunks must add back up to the text
+            raise ValueError(f"pattern {pattern!r} skips some characters of the text, which encoding would lose; "
+                             "let it match everything, e.g. end it with |\\s+|.")
+        with tqdm(total=vocab_size - smallest, desc="merges", unit="merge", disable=not verbose) as bar:
+            merges = train_reference(chunks, vocab_size - smallest) if trainer == "reference" else \
+                train_fast(chunks, vocab_size - smallest, progress=bar.update)
+        # Training stops early when every chunk is a single token; the special tokens follow the last merge.
+        return cls(merges, pattern, {text: 256 + len(merges) + i for i, text in enumerate(special_tokens)})
 
     def _encode_chunk(self, chunk_bytes):
         """BPE on one chunk: keep applying the earliest-learned merge present (smallest new id) until none applies."""
-        if self._byte_table is not None:  # bytes -> ids in C: GPT-2's byte ids are a permutation of 0..255
-            ids = list(chunk_bytes.translate(self._byte_table))
-        else:
-            ids = [self.byte_ids[byte] for byte in chunk_bytes]
-        if len(ids) > LONG_CHUNK:  # the loop below rescans every pair after each merge: quadratic in the length
-            return self._encode_long_chunk(ids)
+        ids = [self.byte_ids[byte] for byte in chunk_bytes]
         merges_get = self.merges.get
         # priorities[i]: the new id that merging ids[i], ids[i+1] would give (NEVER if that pair was never merged)
         priorities = list(map(merges_get, zip(ids, ids[1:]), repeat(NEVER)))
@@ -308,40 +259,6 @@ class Tokenizer:
                 priorities[index] = merges_get((new_id, ids[index + 1]), NEVER)
         return ids
 
-    def _encode_long_chunk(self, ids):
-        """The same merges as the loop in _encode_chunk, in O(n log n) instead of O(n^2) for a chunk of n ids.
-
-        The loop rescans every pair after each merge; fine for a word, hopeless for a whole book encoded with
-        pattern="none". Here the pairs wait in a heap keyed by (new id, position): the heap's top is the earliest-
-        learned merge and, among equal ones, the leftmost, exactly the loop's choice. The ids form a linked list
-        (next_of / previous_of), so a merge only unlinks one node and pushes the two pairs it creates. Entries that a
-        merge made out of date stay in the heap and are skipped when they surface.
-        """
-        merges_get, size = self.merges.get, len(ids)
-        next_of = list(range(1, size + 1))  # size: no next id
-        previous_of = list(range(-1, size - 1))  # -1: no previous id
-        heap = [(new_id, index) for index, new_id in enumerate(map(merges_get, zip(ids, ids[1:])))
-                if new_id is not None]
-        heapq.heapify(heap)
-        while heap:
-            new_id, index = heapq.heappop(heap)
-            right = next_of[index]
-            if ids[index] is None or right == size or merges_get((ids[index], ids[right])) != new_id:
-                continue  # out of date: this node was merged away, or its pair changed since the entry was pushed
-            ids[index], ids[right] = new_id, None  # the left node becomes the new token, the right one leaves
-            after = next_of[index] = next_of[right]
-            if after < size:
-                previous_of[after] = index
-                pair_id = merges_get((new_id, ids[after]))
-                if pair_id is not None:
-                    heapq.heappush(heap, (pair_id, index))
-            before = previous_of[index]
-            if before >= 0:
-                pair_id = merges_get((ids[before], new_id))
-                if pair_id is not None:
-                    heapq.heappush(heap, (pair_id, before))
-        return [token_id for token_id in ids if token_id is not None]
-
     def encode_ordinary(self, text):
         """Encode text, treating special-token text as ordinary text."""
         try:
@@ -350,8 +267,7 @@ class Tokenizer:
             text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
         if self.pattern is None:
             return self._encode_chunk(text.encode("utf-8")) if text else []
-        chunks = self._split(text)
-        cache = self._cache
+        chunks, cache = self._split(text), self._cache
         missing = set(chunks).difference(cache)  # each distinct chunk is encoded once, then looked up
         if missing:
             if len(cache) + len(missing) > CACHE_LIMIT:
@@ -362,41 +278,24 @@ class Tokenizer:
         return list(chain.from_iterable(map(cache.__getitem__, chunks)))
 
     def encode(self, text, allowed_special="none_raise"):
-        """Encode text. allowed_special says which special tokens may appear as themselves, with minbpe's options ("all"
-        and a set as in tiktoken; the two "none" spellings stand in for tiktoken's disallowed_special):
-
-        "none_raise" (default): none, and special-token text in `text` raises ValueError (a guard against prompt
-        injection: user text must not produce <|endoftext|> by accident); "none": none, their text is encoded as
-        ordinary text; "all": all of them; a set of strings: those, and any other special-token text raises.
-        """
-        if allowed_special == "all":
-            allowed = set(self.special_tokens)
-        elif allowed_special in ("none", "none_raise"):
-            allowed = set()
-        elif isinstance(allowed_special, (set, frozenset, list, tuple)):
-            allowed = set(allowed_special)
-            unknown = allowed - set(self.special_tokens)
-            if unknown:
-                raise ValueError(f"allowed_special names {sorted(unknown)}, which are not special tokens of this "
-                                 f"tokenizer (it has {sorted(self.special_tokens)})")
-        else:
-            raise ValueError(f"allowed_special={allowed_special!r} is not understood: use 'none_raise', 'none', "
-                             "'all' or a set of special-token strings")
-        if allowed_special != "none":
-            disallowed = [s for s in self.special_tokens if s not in allowed and s in text]
-            if disallowed:
-                raise ValueError(f"the text contains the special token {disallowed[0]!r}, which is not allowed: pass "
-                                 f"allowed_special={{{disallowed[0]!r}}} (or 'all') to encode it as a special token, "
-                                 "or allowed_special='none' to encode it as ordinary text")
+        """Encode text. allowed_special, as in minbpe: "all", a set of special tokens, "none" (their text is encoded
+        as ordinary text) or "none_raise", the default: special-token text in `text` raises, so that user text can
+        never produce <|endoftext|> by accident (a guard against prompt injection)."""
+        allowed = set(self.special_tokens) if allowed_special == "all" else \
+            set() if allowed_special in ("none", "none_raise") else set(allowed_special)
+        if not allowed <= set(self.special_tokens):
+            raise ValueError(f"allowed_special names {sorted(allowed - set(self.special_tokens))}, which are not "
+                             f"special tokens of this tokenizer (it has {sorted(self.special_tokens)})")
+        disallowed = [s for s in self.special_tokens if s not in allowed and s in text and allowed_special != "none"]
+        if disallowed:
+            raise ValueError(f"the text contains the special token {disallowed[0]!r}, which is not allowed: pass "
+                             f"allowed_special={{{disallowed[0]!r}}} (or 'all') to encode it as a special token, "
+                             "or allowed_special='none' to encode it as ordinary text")
         if not allowed:
             return self.encode_ordinary(text)
-        ids = []
-        for index, part in enumerate(_special_regex(allowed).split(text)):
-            if index % 2 == 0:  # ordinary text between special tokens (the split's captured group is odd)
-                ids.extend(self.encode_ordinary(part))
-            else:
-                ids.append(self.special_tokens[part])
-        return ids
+        parts = _special_regex(allowed).split(text)  # ordinary text at even indices, a special token at odd ones
+        return [token_id for index, part in enumerate(parts) for token_id in
+                (self.encode_ordinary(part) if index % 2 == 0 else [self.special_tokens[part]])]
 
     def decode(self, ids):
         """ids -> text. Bytes that are not valid UTF-8 (a token can end inside a character) become U+FFFD."""
@@ -426,124 +325,56 @@ class Tokenizer:
             steps.append(f"ids: {ids}")
         return steps
 
-    # -- saving and loading --------------------------------------------------------------------------------------------
-
     def save(self, prefix):
         """Write prefix.model (to load) and prefix.vocab (for people); both atomically."""
         lines = [FORMAT, f"pattern {json.dumps(self.pattern)}", f"specials {len(self.special_tokens)}"]
         lines += [f"{json.dumps(text)} {token_id}" for text, token_id in self.special_tokens.items()]
         lines += ["bytes " + " ".join(map(str, self.byte_ids)), f"merges {len(self.merges)}"]
         lines += [f"{left} {right} {new_id}" for (left, right), new_id in self.merges.items()]
-        _write_atomic(f"{prefix}.model", "\n".join(lines) + "\n")
-        made_from = {new_id: pair for pair, new_id in self.merges.items()}
-        human = []
-        for token_id in sorted(self.vocab):
-            shown = f"[{render(self.vocab[token_id])}] {token_id}"
-            if token_id in made_from:
-                left, right = made_from[token_id]
-                shown += f" <- [{render(self.vocab[left])}] + [{render(self.vocab[right])}]"
-            elif token_id in self.special_tokens.values():
-                shown += " (special)"
-            human.append(shown)
-        _write_atomic(f"{prefix}.vocab", "\n".join(human) + "\n")
+        write_atomic(f"{prefix}.model", "\n".join(lines) + "\n")
+        made_from = {new_id: "".join(f"[{render(self.vocab[i])}]" for i in pair)
+                     for pair, new_id in self.merges.items()}
+        write_atomic(f"{prefix}.vocab", "".join(
+            f"[{render(self.vocab[i])}] {i}" + (f" <- {made_from[i]}" if i in made_from else " (special)"
+                                                if i in self.special_tokens.values() else "") + "\n"
+            for i in sorted(self.vocab)))
 
     @classmethod
     def load(cls, path):
-        """Read a .model file written by save(); a wrong version or a damaged line is named in a ValueError."""
-        path = str(path)
+        """Read a .model file written by save(); another file, or a damaged one, is refused in one sentence."""
         try:
-            with open(path, encoding="utf-8-sig") as file:  # -sig: an editor's byte order mark is not a line
-                lines = list(enumerate(file.read().splitlines(), 1))  # (line number, text); \r\n is fine too
+            lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # -sig: an editor's byte order mark
         except UnicodeDecodeError:
-            raise ValueError(f"{path} is not a text file: give the .model file written by bpe.py") from None
-        reader = iter(lines)
-
-        def next_line(what):
-            try:
-                return next(reader)
-            except StopIteration:
-                raise ValueError(f"{path} ends early: expected {what} after line {len(lines)}; the file is truncated,"
-                                 " save the tokenizer again") from None
-
-        def fail(number, line, what):
-            raise ValueError(f"{path} line {number}: expected {what}, got {line[:80]!r}; the file is damaged, save the"
-                             " tokenizer again")
-
-        number, line = next_line("the header")
-        if line != FORMAT:
-            if line.startswith("nanoverse-bpe "):
-                raise ValueError(f"{path} is a {line!r} file but this bpe.py reads {FORMAT!r}: retrain or re-save "
-                                 "the tokenizer with this version")
-            if path.endswith(".vocab") or regex.fullmatch(r"\[.*\] 0", line):  # save()'s listing for people
-                raise ValueError(f"{path} is the human-readable .vocab listing, which cannot be loaded: pass the "
-                                 f".model file written beside it ({Path(path).with_suffix('.model')})")
-            raise ValueError(f"{path} is not a bpe.py .model file (it starts with {line[:40]!r}, not {FORMAT!r}): "
-                             "pass the PREFIX.model file that `bpe.py train --out PREFIX` wrote")
-        number, line = next_line("the pattern")
+            lines = []
+        if not lines or lines[0] != FORMAT:
+            raise ValueError(f"{path} is not a {FORMAT!r} file (a .vocab listing is for people; another version must "
+                             "be trained again): pass the PREFIX.model that `bpe.py train --out PREFIX` wrote")
         try:
-            assert line.startswith("pattern ")
-            pattern = json.loads(line[len("pattern "):])
-            assert pattern is None or isinstance(pattern, str)
-            regex.compile(pattern or "")
-        except (AssertionError, json.JSONDecodeError, regex.error):
-            fail(number, line, 'pattern "<regex as JSON>"')
-        number, line = next_line("the special-token count")
-        count = _parse_count(line, "specials", number, fail)
-        special_tokens, special_lines = {}, []
-        for _ in range(count):
-            number, line = next_line("a special token")
-            try:
-                text, token_id = line.rsplit(" ", 1)
-                if not isinstance(json.loads(text), str):
-                    raise ValueError("a special token is a JSON string")
-                special_tokens[json.loads(text)] = int(token_id)
-                special_lines.append((number, line, int(token_id)))
-            except (ValueError, TypeError, json.JSONDecodeError):
-                fail(number, line, '"<special token as JSON>" <id>')
-        number, line = next_line("the byte ids")
-        try:
-            assert line.startswith("bytes ")
-            byte_ids = [int(x) for x in line.split()[1:]]
-            assert len(byte_ids) == 256 and len(set(byte_ids)) == 256
-        except (AssertionError, ValueError):
-            fail(number, line, "bytes followed by 256 distinct ids")
-        number, line = next_line("the merge count")
-        count = _parse_count(line, "merges", number, fail)
-        merges, known, last = {}, set(byte_ids), -1
-        for _ in range(count):
-            number, line = next_line("a merge")
-            try:
-                left, right, new_id = (int(x) for x in line.split())
-            except ValueError:
-                fail(number, line, "three integers 'left right new_id'")
-            if left not in known or right not in known or new_id in known or new_id <= last:
-                fail(number, line, "a merge of two known ids into a new id larger than the previous merge's")
-            merges[(left, right)] = new_id
-            known.add(new_id)
-            last = new_id
-        for number, line in reader:
-            fail(number, line, "the end of the file")
-        for number, line, token_id in special_lines:
-            if token_id in known:
-                fail(number, line, "a special-token id that no byte and no merge uses")
-        return cls(merges, pattern, special_tokens, byte_ids)
-
-    # -- other tokenizers ----------------------------------------------------------------------------------------------
+            keyword, pattern = lines[1].split(" ", 1)
+            pattern, count = json.loads(pattern), int(lines[2].removeprefix("specials "))
+            special_tokens = {json.loads(text): int(token_id) for text, token_id in
+                              (line.rsplit(" ", 1) for line in lines[3:3 + count])}
+            byte_ids = [int(token_id) for token_id in lines[3 + count].removeprefix("bytes ").split()]
+            merges = {(left, right): new_id for left, right, new_id in (map(int, line.split())
+                                                                        for line in lines[5 + count:])}
+            tokenizer = cls(merges, pattern, special_tokens, byte_ids)  # a merge of unknown ids is a KeyError here
+            new_ids = list(merges.values())
+            if (keyword, lines[4 + count]) != ("pattern", f"merges {len(merges)}") or len(set(byte_ids)) != 256 \
+                    or len(lines) != 5 + count + len(merges) or new_ids != sorted(set(new_ids)) \
+                    or tokenizer.vocab_size != 256 + len(merges) + len(special_tokens):
+                raise ValueError("its parts do not fit together")
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, regex.error) as error:
+            raise ValueError(f"{path} is damaged ({error}); save the tokenizer again") from None
+        return tokenizer
 
     @classmethod
     def from_gpt2_files(cls, encoder_json, vocab_bpe):
         """GPT-2's own tokenizer from its encoder.json (token -> id) and vocab.bpe (the merges, in order)."""
-        with open(encoder_json, encoding="utf-8") as file:
-            encoder = json.load(file)
-        with open(vocab_bpe, encoding="utf-8") as file:
-            merge_lines = file.read().split("\n")
-        byte_to_char = bytes_to_unicode()
+        encoder = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
+        pairs = [line.split(" ") for line in Path(vocab_bpe).read_text(encoding="utf-8").split("\n")[1:] if line]
+        byte_to_char = bytes_to_unicode()  # (line 0 of vocab.bpe is "#version: 0.2")
         byte_ids = [encoder[byte_to_char[byte]] for byte in range(256)]
-        merges = {}
-        for line in merge_lines[1:]:  # line 0 is "#version: 0.2"
-            if line:
-                left, right = line.split(" ")
-                merges[(encoder[left], encoder[right])] = encoder[left + right]
+        merges = {(encoder[left], encoder[right]): encoder[left + right] for left, right in pairs}  # in rank order
         made = set(byte_ids) | set(merges.values())  # a token that no byte and no merge makes is special
         special_tokens = {text: token_id for text, token_id in encoder.items() if token_id not in made}
         return cls(merges, GPT2_PATTERN, special_tokens, byte_ids)
@@ -576,172 +407,99 @@ def _special_regex(special_tokens):
 
 def _cut_specials(text, special_tokens):
     """The pieces of `text` between occurrences of the special tokens (merges must not cross them)."""
-    if not special_tokens:
-        return [text]
-    return _special_regex(special_tokens).split(text)[::2]
+    return _special_regex(special_tokens).split(text)[::2] if special_tokens else [text]
 
 
-def _parse_count(line, keyword, number, fail):
-    words = line.split()
-    if len(words) != 2 or words[0] != keyword or not words[1].isdigit():
-        fail(number, line, f"'{keyword} <count>'")
-    return int(words[1])
+def show(tokenizer, text):
+    """The tokens of `text` with | between them, then their ids."""
+    ids = tokenizer.encode(text, allowed_special="all")
+    return ["|".join(render(tokenizer.vocab[i]) for i in ids),
+            f"{len(ids)} tokens for {len(text.encode())} bytes: {ids}"]
 
 
-def _write_atomic(path, content):
-    """Write text or bytes to a temporary file beside `path`, then rename: a crash never leaves half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    # A plain open() (not tempfile.mkstemp, which makes owner-only files) gives the usual permissions of the umask;
-    # the process id keeps two runs writing the same file from sharing a temporary.
-    temporary = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+def bytes_to_unicode():
+    """GPT-2's files spell bytes as printable characters; this is its byte -> character table.
+
+    Bytes that are printable Latin-1 characters ('!'..'~', '¡'..'¬', '®'..'ÿ') stand for themselves; the other 68
+    bytes (space, newline, control bytes...) are given the characters 256, 257, ... in byte order, so that every token
+    is a visible, whitespace-free string.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = iter(range(256, 512))
+    return {byte: chr(byte) if byte in printable else chr(next(others)) for byte in range(256)}
+
+
+def render(token_bytes):
+    """A token's bytes as readable text: invalid UTF-8 becomes �, control characters are escaped (\\n, \\x00)."""
+    text = token_bytes.decode("utf-8", errors="replace")
+    return "".join(ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in text)
+
+
+# %% Plumbing: files, GPT-2's tokenizer, command line (skip on a first read)
+
+
+def write_atomic(path, content):
+    """Write to a new temporary file beside `path`, then rename: a crash never leaves half a file. Mode "x" makes a
+    new file (with the usual permissions of the umask) and never follows a link planted at the temporary name."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(temporary, "wb") as file:
-            file.write(content.encode("utf-8") if isinstance(content, str) else content)
+        with open(temporary, "xb") as file:
+            file.write(content.encode("utf-8"))
         os.replace(temporary, path)
     except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+        temporary.unlink(missing_ok=True)
         raise
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Files: from the local mirror ($NANOVERSE_DATA), from the cache under data/, or downloaded once and checked.
-# The cache is laid out like the mirror (data/tinyshakespeare/input.txt), the same place prepare_data.py uses, so one
-# download serves every script.
+def gpt2_tokenizer():
+    """GPT-2's tokenizer, rebuilt from tiktoken's copy of its files (tiktoken downloads them once and caches them)."""
+    import tiktoken
 
-DOWNLOADS = {  # path under the data folder -> (URL, sha256)
-    "tinyshakespeare/input.txt": (
-        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
-    ),
-    "gpt2/encoder.json": (
-        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
-        "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
-    ),
-    "gpt2/vocab.bpe": (
-        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
-        "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
-    ),
-}
+    return Tokenizer.from_tiktoken(tiktoken.get_encoding("gpt2"))
 
 
-def data_file(name, cache_dir="data"):
-    """Path of a known data file: $NANOVERSE_DATA/name, else cache_dir/name, else downloaded there (sha256 checked)."""
-    mirror = os.environ.get("NANOVERSE_DATA")
-    if mirror and (Path(mirror) / name).is_file():
-        return Path(mirror) / name
-    target = Path(cache_dir) / name
-    url, sha256 = DOWNLOADS[name]
-    # A cached copy is checked on every use: a download cut short or a file edited by hand is fetched again.
-    if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == sha256:
-        return target
-    data = bytearray()
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {name}") as bar:
-                while block := response.read(1 << 16):
-                    data += block
-                    bar.update(len(block))
-    except OSError as error:
-        problem = (f"the cached {target} is damaged (sha256 mismatch) and a fresh copy could not be downloaded "
-                   f"from {url} ({error})" if target.is_file() else f"could not download {url} ({error})")
-        raise RuntimeError(f"{problem}; without a network, put the original file at {target} or set NANOVERSE_DATA "
-                           f"to a folder holding {name}") from None
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != sha256:
-        raise RuntimeError(f"the download of {url} is corrupt (sha256 {digest[:12]}..., expected {sha256[:12]}...); "
-                           "try again")
-    _write_atomic(target, bytes(data))
-    return target
-
-
-def gpt2_tokenizer(cache_dir="data"):
-    """GPT-2's tokenizer from its two files (local copy or one download)."""
-    return Tokenizer.from_gpt2_files(data_file("gpt2/encoder.json", cache_dir), data_file("gpt2/vocab.bpe", cache_dir))
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Seeing it work.
-
-COLOURS = [41, 42, 43, 44, 45, 46]  # ANSI background colours, cycled so that neighbouring tokens differ
-
-
-def show(tokenizer, text, color=True):
-    """The tokens of `text` with visible boundaries, then their ids."""
-    ids = tokenizer.encode(text, allowed_special="all")
-    pieces = [render(tokenizer.vocab[i]) for i in ids]
-    if color:
-        shown = "".join(f"\x1b[30;{COLOURS[k % len(COLOURS)]}m{piece}\x1b[0m" for k, piece in enumerate(pieces))
-    else:
-        shown = "|".join(pieces)
-    return [shown, f"{len(ids)} tokens for {len(text.encode('utf-8'))} bytes: {ids}"]
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Command line.
-
-
-def _load_model(name):
-    if name == "gpt2":
-        return gpt2_tokenizer()
-    if not Path(name).is_file():
-        raise ValueError(f"no model file {name}: train one with `python bpe.py train --out PREFIX` and pass "
-                         "--model PREFIX.model (or --model gpt2)")
-    return Tokenizer.load(name)
-
-
-def _read_text(path):
+def read_text(path):
     try:
         text = Path(path).read_text(encoding="utf-8-sig")  # -sig: a leading byte order mark is not part of the text
-    except FileNotFoundError:
-        raise ValueError(f"input file {path} does not exist: check the path") from None
-    except IsADirectoryError:
-        raise ValueError(f"input {path} is a folder: give one text file (join several with `cat`)") from None
-    except UnicodeDecodeError as error:
-        raise ValueError(f"input file {path} is not UTF-8 text (byte {error.start}): convert it to UTF-8") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read {path} as text ({error}): give one UTF-8 text file") from None
     if text.count("\x00") > max(1, len(text) // 100):  # a token file of small ids is valid UTF-8, but not text
-        raise ValueError(f"input file {path} is full of NUL bytes, so it is binary (a token file?), not text: pass the "
-                         f"text file it was made from")
+        raise ValueError(f"{path} is full of NUL bytes, so it is binary (a token file?), not text: pass its text file")
     return text
 
 
 def run(config, words):
     """Carry out one command; `words` are the positional arguments (text to encode / show, ids to decode)."""
     if config.command == "train":
+        import prepare_data  # the one place that finds (or downloads) the corpora: here Tiny Shakespeare
+
+        text = read_text(config.input) if config.input else prepare_data.tiny_shakespeare()
         try:  # find out before training, not after, that the model cannot be written
             Path(config.out).parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise ValueError(f"cannot create the folder of --out {config.out} ({error.strerror}): choose a prefix in "
                              f"a folder you can write to") from None
-        text = _read_text(config.input or data_file("tinyshakespeare/input.txt"))
         tokenizer = Tokenizer.train(text, config.vocab_size, config.pattern, config.special, config.verbose)
         tokenizer.save(config.out)
         if config.verbose:
-            ids = tokenizer.encode(text, allowed_special="all")
+            ids, size = tokenizer.encode(text, allowed_special="all"), len(text.encode())
             print(f"{tokenizer.vocab_size} tokens ({len(tokenizer.merges)} merges, specials "
-                  f"{list(tokenizer.special_tokens)}); the text is {len(text.encode('utf-8')):,} bytes -> "
-                  f"{len(ids):,} tokens, {len(text.encode('utf-8')) / max(len(ids), 1):.2f} bytes per token")
-            last = list(tokenizer.merges.items())[-5:]
-            print("last merges: " + ", ".join(f"[{render(tokenizer.vocab[a])}]+[{render(tokenizer.vocab[b])}]"
-                                              for (a, b), _ in last))
-            print(f"wrote {config.out}.model and {config.out}.vocab")
-            for line in show(tokenizer, text[:80].strip() or text[:80], config.color and sys.stdout.isatty()):
-                print(line)
+                  f"{list(tokenizer.special_tokens)}); the text is {size:,} bytes -> {len(ids):,} tokens, "
+                  f"{size / max(len(ids), 1):.2f} bytes per token; wrote {config.out}.model and {config.out}.vocab")
+            print("\n".join(show(tokenizer, text[:80].strip() or text[:80])))
         return tokenizer
-    tokenizer = _load_model(config.model)
+    if config.model != "gpt2" and not Path(config.model).is_file():
+        raise ValueError(f"no model file {config.model}: train one with `python bpe.py train --out PREFIX` and pass "
+                         "--model PREFIX.model (or --model gpt2)")
+    tokenizer = gpt2_tokenizer() if config.model == "gpt2" else Tokenizer.load(config.model)
     if config.command == "decode":
-        try:
-            ids = [int(word) for word in " ".join(words).replace(",", " ").split()]
-        except ValueError:
-            raise ValueError("decode takes token ids as integers, e.g. `python bpe.py decode --model M 464 3290`") \
-                from None
-        if not ids:
-            raise ValueError("decode needs some token ids: `python bpe.py decode --model M 464 3290`")
-        print(tokenizer.decode(ids))
-        return ids
-    text = " ".join(words) if words else (_read_text(config.input) if config.input else "")
+        ids = " ".join(words).replace(",", " ").split()
+        if not ids or not all(word.isdigit() for word in ids):
+            raise ValueError("decode takes token ids as integers, e.g. `python bpe.py decode --model M 464 3290`")
+        print(tokenizer.decode(list(map(int, ids))))
+        return list(map(int, ids))
+    text = " ".join(words) if words else (read_text(config.input) if config.input else "")
     if not text and not config.explain:
         raise ValueError(f"{config.command} needs some text: `python bpe.py {config.command} --model M \"some text\"`"
                          " (or --input FILE)")
@@ -749,77 +507,44 @@ def run(config, words):
         ids = tokenizer.encode(text, allowed_special="all")
         print(" ".join(map(str, ids)))
         return ids
-    if text:
-        for line in show(tokenizer, text, config.color and sys.stdout.isatty()):
-            print(line)
-    if config.explain:
-        for line in tokenizer.explain(config.explain):
-            print(line)
+    print("\n".join((show(tokenizer, text) if text else []) + (tokenizer.explain(config.explain) if config.explain
+                                                                 else [])))
     return tokenizer
 
 
 def main(argv=None):
+    if argv is None:  # in a notebook sys.argv holds the kernel's own flags (-f kernel.json): run with the defaults
+        argv = [] if "ipykernel" in sys.modules else sys.argv[1:]
+    try:  # help text comes from the comments beside the Config fields (a notebook may have no source to read)
+        comments = dict(re.findall(r"^\s+(\w+): .*?  # (.+)$", inspect.getsource(Config), re.M))
+    except (OSError, TypeError):
+        comments = {}
     parser = argparse.ArgumentParser(description="Train, use and inspect a byte-level BPE tokenizer.",
                                      allow_abbrev=False)  # a misspelled flag is an error, never a guess
-    comments = _field_comments()
-    for item in fields(Config):
-        default = getattr(Config(), item.name)
-        if item.name != "command" and default not in ("", ()):
-            comments[item.name] += f" (default: {' '.join(default) if isinstance(default, tuple) else default})"
-        comments[item.name] = comments[item.name].replace("%", "%%")  # argparse formats help strings with %
-        if item.name == "command":
-            parser.add_argument("command", nargs="?", default=default, choices=["train", "encode", "decode", "show"],
-                                help=comments[item.name])
-        elif isinstance(default, bool):
-            parser.add_argument(f"--{item.name}", default=default, action=argparse.BooleanOptionalAction,
-                                help=comments[item.name])
-        elif isinstance(default, tuple):
-            parser.add_argument(f"--{item.name}", default=default, nargs="*", help=comments[item.name])
+    for field in fields(Config):
+        help_text = comments.get(field.name, "").replace("%", "%%")  # argparse formats help strings with %
+        if field.name == "command":
+            parser.add_argument("command", nargs="?", default=field.default, help=help_text,
+                                choices=["train", "encode", "decode", "show"])
         else:
-            parser.add_argument(f"--{item.name}", default=default, type=type(default), help=comments[item.name])
+            kind = {bool: {"action": argparse.BooleanOptionalAction}, tuple: {"nargs": "*"}}.get(field.type,
+                                                                                                 {"type": field.type})
+            parser.add_argument(f"--{field.name}", default=field.default, help=help_text, **kind)
     parser.add_argument("words", nargs="*", help="show / encode: the text; decode: the ids")
-    argv = _without_notebook_arguments(sys.argv[1:] if argv is None else argv)
     args, unknown = parser.parse_known_intermixed_args(argv)  # options and text in any order
     if unknown:  # a flag that trains the default tokenizer instead of the one asked for must not pass silently
-        parser.error(f"unrecognized arguments: {' '.join(unknown)} (see --help for the options)")
+        known = [f"--{prefix}{f.name}" for f in fields(Config) for prefix in ("", "no-")]
+        close = difflib.get_close_matches(unknown[0].split("=")[0], known, n=1)
+        parser.error(f"unrecognized argument {unknown[0]}" + (f"; did you mean {close[0]}?" if close else ""))
     words = args.__dict__.pop("words")
     if words and args.command == "train":
         parser.error(f"train reads its text from --input FILE, not from the command line: remove {' '.join(words)!r}")
-    config = Config(**vars(args))
     try:
-        return run(config, words)
-    except (ValueError, RuntimeError, OSError) as error:
-        raise SystemExit(f"bpe.py: {error}") from None
+        return run(Config(**vars(args)), words)
+    except (ValueError, OSError) as error:
+        raise SystemExit(f"error: {error}") from None
 
 
-def _field_comments():
-    """The one-line comment after each Config field, used as its --help text."""
-    import inspect
-
-    comments = defaultdict(str)
-    try:
-        source = inspect.getsource(Config)
-    except (OSError, TypeError):  # source not available (e.g. run through exec): no help text, still works
-        return comments
-    for line in source.splitlines():
-        name, _, rest = line.strip().partition(":")
-        if "#" in rest:
-            comments[name] = rest.split("#", 1)[1].strip()
-    return comments
-
-
-def _without_notebook_arguments(arguments):
-    """Drop the `-f kernel.json` that Jupyter and Colab put in sys.argv, so a pasted cell runs with the defaults.
-
-    Exactly that one pair goes, before parsing (the file name would otherwise be read as the command); any other
-    unknown flag is left for the parser to name.
-    """
-    arguments = list(arguments)
-    if "-f" in arguments[:-1]:
-        index = arguments.index("-f")
-        del arguments[index:index + 2]
-    return arguments
-
-
+# %% Run
 if __name__ == "__main__":
     main()

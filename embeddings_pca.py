@@ -766,5 +766,6 @@ def main(argv=None):
     return run(Config(**vars(args)))
 
 
+# %% Run
 if __name__ == "__main__":
     main()

@@ -1011,5 +1011,6 @@ def main(argv=None):
     return sample(config) if config.sample else train(config)
 
 
+# %% Run
 if __name__ == "__main__":
     main()

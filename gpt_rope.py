@@ -1019,5 +1019,6 @@ def main(argv=None):
     return sample(config) if config.sample else train(config)
 
 
+# %% Run
 if __name__ == "__main__":
     main()

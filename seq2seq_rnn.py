@@ -1185,5 +1185,6 @@ def main(argv=None):
     return evaluate_and_report(model, pairs, vocabularies, config, config.out_dir, split or Path(config.evaluate).name)
 
 
+# %% Run
 if __name__ == "__main__":
     main()
