@@ -995,29 +995,18 @@ def model_card(model, config, steps, epochs=0, table=""):
     """A short Hugging Face model card: what the model is, how it was trained and on what, and the licenses."""
     hub_id, base = HUB_MODELS.get(config.init_from), Path(config.init_from).name  # a local path may be private
     data = f"`{Path(config.input or config.data_dir).name}`" if config.input or config.data_dir else "Tiny Shakespeare"
-    training = f"""## Training
-
-{steps} optimizer steps ({epochs:g} epochs) on {data}, batches of {config.batch_size} x {config.grad_accum_steps} \
-windows of {config.block_size} tokens, AdamW at {config.learning_rate:g} ({config.warmup_steps} warmup steps, then \
-linear decay), weight decay {config.weight_decay}, dropout {config.dropout}, {config.freeze_layers} frozen blocks.
-
-{table}
-""" if steps else f"Converted from `{base}` without any training.\n"
-    return f"""---
-license: mit
-library_name: transformers
-pipeline_tag: text-generation{f"{chr(10)}base_model: {hub_id}" if hub_id else ""}
----
-
-# GPT-2 {f"fine-tuned from `{base}`" if steps else "in the Hugging Face format"}
-
-A {model.config.n_layer}-layer GPT-2 ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) written by \
-nanoverse's `finetune_gpt2.py`: `transformers.pipeline("text-generation", model=...)` loads it.
-
-{training}
-GPT-2's weights come under OpenAI's modified MIT license. Song lyrics and most modern poems are copyrighted: publish \
-a model trained on them only where their license allows it.
-"""
+    size = f"{model.config.n_layer}-layer GPT-2 ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)"
+    training = (f"## Training\n\n{steps} optimizer steps ({epochs:g} epochs) on {data}, batches of {config.batch_size}"
+                f" x {config.grad_accum_steps} windows of {config.block_size} tokens, AdamW at {config.learning_rate:g}"
+                f" ({config.warmup_steps} warmup steps, then linear decay), weight decay {config.weight_decay}, "
+                f"dropout {config.dropout}, {config.freeze_layers} frozen blocks.\n\n{table}\n") if steps else \
+        f"Converted from `{base}` without any training.\n"
+    return (f"---\nlicense: mit\nlibrary_name: transformers\npipeline_tag: text-generation\n"
+            f"{f'base_model: {hub_id}{chr(10)}' if hub_id else ''}---\n\n"
+            f"# GPT-2 {f'fine-tuned from `{base}`' if steps else 'in the Hugging Face format'}\n\nA {size} written by "
+            f"nanoverse's `finetune_gpt2.py`; `transformers.pipeline(\"text-generation\", model=...)` loads it.\n\n"
+            f"{training}\nGPT-2's weights come under OpenAI's modified MIT license. Song lyrics and most modern poems "
+            f"are copyrighted: publish a model trained on them only where their license allows it.\n")
 
 
 def plot_losses(log_path, png_path):
