@@ -347,9 +347,10 @@ def load_weights(model, state, source):
         if tensor.shape != ours[name].shape:
             raise CheckpointError(f"{source}: {name} has shape {tuple(tensor.shape)}, the config implies "
                                   f"{tuple(ours[name].shape)}; config.json and the weights disagree")
-    with torch.no_grad():
-        for name, tensor in mapped.items():
-            ours[name].copy_(tensor.float())  # float16 and bfloat16 checkpoints are widened to float32
+    # The file's tensors become the parameters (assign), so the weights are never twice in memory; float16 and
+    # bfloat16 checkpoints are widened to float32.
+    model.load_state_dict({name: t.float().contiguous() for name, t in mapped.items()}, strict=False, assign=True)
+    model.lm_head.weight = model.transformer.wte.weight  # assign replaced wte's Parameter: tie the two again
 
 
 ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_fast": "gelu", "relu": "relu"}
@@ -406,7 +407,8 @@ def load_hf_folder(folder, dropout=0.0):
         hf = json.loads(config_path.read_text(encoding="utf-8"))
     except ValueError as error:  # not JSON, or not UTF-8
         raise CheckpointError(f"{config_path} is not a GPT-2 config.json ({error})") from None
-    model = GPT(dataclasses.replace(config_from_hf(hf, config_path), dropout=dropout))
+    with torch.device("meta"):  # shapes only: no memory, no random initialisation, as the file holds every weight
+        model = GPT(dataclasses.replace(config_from_hf(hf, config_path), dropout=dropout))
     state = read_safetensors(safetensors) if safetensors.is_file() else \
         read_torch_file(pickle, "prefer model.safetensors, or download the file again")
     load_weights(model, state, safetensors if safetensors.is_file() else pickle)
@@ -1078,8 +1080,9 @@ def parse_config(argv):
     choices = {"mode": ("finetune", "generate", "evaluate"), "dtype": ("auto", "float32", "bfloat16", "float16")}
     for field in dataclasses.fields(Config):  # no defaults in the parser: a resumed run must know what was typed
         kind = {"action": argparse.BooleanOptionalAction} if field.type is bool else {"type": field.type}
+        default = "auto" if field.default is None else field.default
         parser.add_argument(f"--{field.name}", **kind, choices=choices.get(field.name), default=argparse.SUPPRESS,
-                            help=f"{comments.get(field.name, '')} (default: {field.default})")
+                            help=f"{comments.get(field.name, '')} (default: {default})")
     typed, unknown = parser.parse_known_args(argv)
     if unknown:
         flags = [f"--{field.name}" for field in dataclasses.fields(Config)] + ["--no-compile", "--help"]
