@@ -295,9 +295,9 @@ def read_safetensors(path):
         tensors = {}
         for begin, end, name in spans:  # little-endian bytes, as x86 and ARM CPUs store numbers
             f.seek(8 + header_length + begin)
-            dtype, raw = SAFETENSORS_DTYPES[header[name]["dtype"]], bytearray(f.read(end - begin))
-            flat = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
-            tensors[name] = flat.reshape(header[name]["shape"])
+            raw = torch.empty(end - begin, dtype=torch.uint8)  # torch's own (aligned) memory, filled from the file
+            f.readinto(raw.numpy())
+            tensors[name] = raw.view(SAFETENSORS_DTYPES[header[name]["dtype"]]).reshape(header[name]["shape"])
     return tensors
 
 

@@ -29,6 +29,15 @@ from conftest import ROOT
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models compute faster on one thread than on two; on a busy machine far faster (no waiting for a core)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 SHAPES = [  # (n_layer, n_head, n_embd, n_positions, vocab_size[, n_inner])
     (2, 2, 32, 64, 300),
     (3, 4, 48, 32, 257, 96),  # an MLP twice as wide as the residual stream, not GPT-2's four times
@@ -450,7 +459,7 @@ def test_a_hub_name_is_downloaded_once_and_loaded(fake_hub, tmp_path, monkeypatc
 # Fine-tuning end to end
 
 
-def test_finetune_lowers_the_loss_and_saves_a_loadable_folder(tmp_path, data_dir, gpt2_encoding):
+def test_finetune_lowers_the_loss_and_saves_a_loadable_folder(tmp_path, data_dir, gpt2_encoding, capsys):
     corpus = tmp_path / "lyrics"
     corpus.mkdir()
     for name in ("adele.txt", "dickinson.txt"):  # a slice of two files: songs and poems
@@ -477,6 +486,8 @@ def test_finetune_lowers_the_loss_and_saves_a_loadable_folder(tmp_path, data_dir
     assert checkpoint["step"] == 12 and torch.equal(checkpoint["model"]["transformer.wte.weight"],
                                                     ours.transformer.wte.weight)
     assert "base_model" not in (out / "hf" / "README.md").read_text()  # a local folder is no Hub base model
+    printed = capsys.readouterr().out  # the samples before and after, side by side
+    assert "=== sample 1, base model ===" in printed and "=== sample 1, fine-tuned ===" in printed
 
 
 def test_command_line_tolerates_a_notebook_and_names_bad_flags(monkeypatch, capsys):
@@ -510,12 +521,9 @@ def small_run(tmp_path, data_dir):
         text = (data_dir / "poetry_lyrics" / name).read_text(encoding="utf-8", errors="replace")
         (corpus / name).write_text(text[:3000], encoding="utf-8")
     tiny_hf_model(2, 2, 32, 64, 50257).save_pretrained(tmp_path / "base")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread is faster than two
-    yield ["--init_from", str(tmp_path / "base"), "--input", str(corpus), "--block_size", "32", "--batch_size", "8",
-           "--eval_batches", "1", "--bleu_samples", "0", "--max_new_tokens", "3", "--num_return_sequences", "1",
-           "--log_interval", "1", "--learning_rate", "1e-3", "--warmup_steps", "2"]
-    torch.set_num_threads(threads)
+    return ["--init_from", str(tmp_path / "base"), "--input", str(corpus), "--block_size", "32", "--batch_size", "8",
+            "--eval_batches", "1", "--bleu_samples", "0", "--max_new_tokens", "3", "--num_return_sequences", "1",
+            "--log_interval", "1", "--learning_rate", "1e-3", "--warmup_steps", "2"]
 
 
 def log_records(out_dir):
@@ -825,6 +833,11 @@ def test_the_last_validation_document_of_a_token_folder_is_kept(tmp_path, gpt2_e
     config = ft.Config(data_dir=str(tmp_path), block_size=8)
     _, _, val_documents, source = ft.load_corpus(config, gpt2_encoding)
     assert val_documents == documents and source == str(tmp_path)
+    tiny_hf_model(1, 2, 16, 16, 50257).save_pretrained(tmp_path / "base")  # and a run trains on the token files
+    ft.main(["--init_from", str(tmp_path / "base"), "--data_dir", str(tmp_path), "--out_dir", str(tmp_path / "out"),
+             "--block_size", "8", "--max_steps", "2", "--bleu_samples", "2", "--max_new_tokens", "2"])
+    evals = [r for r in log_records(tmp_path / "out") if "eval" in r]
+    assert [r["eval"] for r in evals] == ["base model", "fine-tuned"] and evals[0]["bleu"] is not None
 
 
 def test_resume_without_data_options_continues_on_the_same_data(small_run, tmp_path, capsys):
@@ -836,6 +849,10 @@ def test_resume_without_data_options_continues_on_the_same_data(small_run, tmp_p
     ft.main(without_input + ["--out_dir", str(out), "--max_steps", "2", "--init_from", "resume"])
     assert f"data: {corpus} (" in capsys.readouterr().out
     assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 2
+    checkpoint = (out / "ckpt.pt").read_bytes()  # --mode evaluate measures the run's model, and trains nothing
+    ft.main(["--out_dir", str(out), "--init_from", "resume", "--mode", "evaluate", "--max_new_tokens", "2"])
+    assert "at resume (step 2): val_loss" in capsys.readouterr().out and (out / "ckpt.pt").read_bytes() == checkpoint
+    assert log_records(out)[-1]["eval"] == "at resume (step 2)"
 
 
 def test_save_hf_writes_only_into_its_own_folder(small_run, tmp_path, monkeypatch):

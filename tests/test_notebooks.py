@@ -22,8 +22,9 @@ MIRROR = os.environ.get("NANOVERSE_DATA", "")
 PREPARE_CHARS = 'import prepare_data\nprepare_data.main(["shakespeare_char", "--no-eda", "--samples", "0"])\n'
 # A tiny random GPT-2 (GPT-2's vocabulary, one block of width 32) in a Hugging Face folder: fine-tuned on the shipped
 # Tiny Shakespeare, the real loading, training, evaluation and saving code runs in seconds.
-TINY_GPT2 = ('import torch, transformers\ntorch.manual_seed(0)\ntransformers.GPT2LMHeadModel(transformers.GPT2Config('
-             'n_layer=1, n_head=2, n_embd=32, n_positions=64)).save_pretrained("tiny-gpt2")\n')
+TINY_GPT2 = ('import torch, transformers\ntorch.manual_seed(0)\ntorch.set_num_threads(1)\n'
+             'transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64))'
+             '.save_pretrained("tiny-gpt2")\n')
 NOTEBOOK_ARGS = {
     "bpe": ("", ["train", "--vocab_size", "300", "--out", "out/bpe", "--no-verbose"]),
     "prepare_data": ("", ["shakespeare_char", "--samples", "0", "--show_batches"]),
