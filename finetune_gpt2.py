@@ -9,7 +9,7 @@ uses, and the result is saved back as a folder that `transformers` and the Huggi
 
 Run (a model is downloaded once into data/huggingface: distilgpt2 ~350 MB, gpt2 ~0.5 GB, gpt2-medium ~1.5 GB,
 gpt2-large ~3 GB, gpt2-xl ~6 GB; with no --input and no --data_dir the text is Tiny Shakespeare, shipped with the code):
-    python finetune_gpt2.py --init_from distilgpt2 --max_steps 60  # CPU: ~5 min on 2 cores
+    python finetune_gpt2.py --init_from distilgpt2 --max_steps 60  # CPU: 11 min on 2 shared cores
     python finetune_gpt2.py --init_from gpt2 --input my_poems.txt --epochs 3 --save_hf out-poems/hf  # GPU, your verse
     torchrun --nproc_per_node=4 finetune_gpt2.py --init_from gpt2-medium --data_dir data/lyrics  # 4 GPUs, DDP
     python finetune_gpt2.py --mode generate --init_from out-poems/hf --prompt "Walking down the road of life"
