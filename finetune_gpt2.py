@@ -28,7 +28,6 @@ import math
 import os
 import re
 import shutil
-import struct
 import sys
 import tempfile
 import time
@@ -121,8 +120,6 @@ class CheckpointError(ValueError):
 # Parameter names follow GPT-2's own checkpoint (wte, wpe, h.N.ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc,
 # mlp.c_proj, ln_f), so loading real GPT-2 weights is a key-by-key copy. The three classes below are gpt.py's,
 # character for character.
-
-
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention where position t may only look at positions <= t (Vaswani et al. 2017, sec. 3.2)."""
 
@@ -418,8 +415,6 @@ def load_hf_folder(folder, dropout=0.0):
 # %% Data: verse cut into passages, tokenized, packed into windows
 # Documents (poems, songs, speeches) are separated by blank lines in the text, and by <|endoftext|> in the tokens, as
 # in GPT-2's own training data, so the model learns where a text ends.
-
-
 def split_documents(text, max_lines=32):
     """Blank lines separate documents. A long one (a file of songs with no blank line between them, say) is cut into
     passages of max_lines lines, the units of the train/validation split. Returns (passage, ends_document) pairs:
@@ -516,8 +511,6 @@ CHECKPOINT_FORMAT = "nanoverse-finetune-gpt2-v2"
 
 
 # %% Fine-tuning: the loop that trains GPT-2 from scratch, started from its weights, with a small learning rate
-
-
 def learning_rate_at(step, total_steps, config):
     """Linear warmup up to learning_rate, then a straight line that would reach 0 at step total_steps.
 
@@ -646,8 +639,6 @@ def finetune(model, train_tokens, val_tokens, config, device, autocast, scaler, 
 
 
 # %% Generation: logits processors, then a greedy or sampled choice, with a KV cache
-
-
 def apply_repetition_penalty(logits, context, penalty):
     """CTRL (Keskar et al. 2019, sec. 4.1) divides the score of a token already in the context by penalty; as in
     Hugging Face's version, a negative score is multiplied instead, so that with penalty > 1 it always drops."""
@@ -739,8 +730,6 @@ def sample_texts(model, encoding, prompt, config, device, seed):
 
 
 # %% Evaluation: perplexity, BLEU and distinct-n
-
-
 @torch.no_grad()
 def evaluate_loss(model, tokens, config, device, autocast):
     """Mean cross-entropy per token over the validation windows (the first eval_batches batches, in order)."""
@@ -879,25 +868,21 @@ def save_hf_folder(model, folder, card=""):
 
 
 # %% Plumbing: files, downloads, checkpoints, the model card, the loss picture, command line (skip on a first read)
-
-
 def write_atomically(path, write):
-    """Call write(file) on a new temporary file beside path (a unique name, never a pre-existing symlink), then rename
-    it to path: a crash or Ctrl-C never leaves half a file, and the temporary file is removed on any failure."""
+    """write(file) into a new, uniquely named temporary file beside path, then renamed to path: never half a file."""
     handle, temporary = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=".part")
-    try:
+    try:  # mkstemp makes a new file: a symlink already at some name is never followed
         with os.fdopen(handle, "wb") as file:
             write(file)
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException:  # any failure, Ctrl-C too: the temporary file goes
         Path(temporary).unlink(missing_ok=True)
         raise
 
 
 class Redirects(urllib.request.HTTPRedirectHandler):
-    """Follows redirects, but never from https to plain http. The Hub answers a large (LFS) file with a redirect whose
-    X-Linked-Etag header is the file's sha256: it is kept for the check."""
+    """Redirects, never from https to http; the Hub's X-Linked-Etag (a large file's sha256) is kept for the check."""
     sha256 = None
 
     def redirect_request(self, request, file, code, message, headers, new_url):
@@ -909,21 +894,19 @@ class Redirects(urllib.request.HTTPRedirectHandler):
 
 
 def download(url, path, sha256=None, hint="pass a local Hugging Face folder with --init_from DIR"):
-    """Fetch url into path once, with a progress bar, through a temporary .part file that gets the name only after
-    its length matched Content-Length and its sha256 the one given or published."""
+    """url into path, once: a .part file takes the name when its length and sha256 (given or published) match."""
     path, redirects = Path(path), Redirects()
 
     def fetch(file):
         with urllib.request.build_opener(redirects).open(url, timeout=60) as response:
-            size, done, digest = int(response.headers.get("Content-Length") or -1), 0, hashlib.sha256()
+            size, digest = int(response.headers.get("Content-Length") or -1), hashlib.sha256()
             with tqdm(total=max(size, 0) or None, unit="B", unit_scale=True, desc=path.name) as bar:
                 while chunk := response.read(1 << 20):
                     file.write(chunk)
                     digest.update(chunk)
-                    done += len(chunk)
                     bar.update(len(chunk))
-        if size >= 0 and done != size:
-            raise CheckpointError(f"the download of {path.name} stopped after {done:,} of {size:,} bytes: run again")
+        if size >= 0 and file.tell() != size:
+            raise CheckpointError(f"{path.name}: the download stopped after {file.tell():,} of {size:,} bytes; rerun")
         if (sha256 or redirects.sha256) not in (None, digest.hexdigest()):
             raise CheckpointError(f"{path.name} arrived corrupt (its sha256 is not the published one): run again")
 
@@ -937,12 +920,10 @@ def download(url, path, sha256=None, hint="pass a local Hugging Face folder with
     return path
 
 
-# The five checkpoints OpenAI and Hugging Face published, under their current Hub names.
-HUB_MODELS = {"gpt2": "openai-community/gpt2",  # 124M parameters
-              "gpt2-medium": "openai-community/gpt2-medium",  # 355M
-              "gpt2-large": "openai-community/gpt2-large",  # 774M
-              "gpt2-xl": "openai-community/gpt2-xl",  # 1.5B
-              "distilgpt2": "distilbert/distilgpt2"}  # 82M, 6 layers distilled from gpt2 (Sanh et al. 2019)
+# The five checkpoints OpenAI and Hugging Face published, under their current Hub names: gpt2 (124M parameters),
+# gpt2-medium (355M), gpt2-large (774M), gpt2-xl (1.5B), distilgpt2 (82M: 6 layers distilled from gpt2, Sanh et al.).
+HUB_MODELS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")} | \
+    {"distilgpt2": "distilbert/distilgpt2"}
 # Tiny Shakespeare (Karpathy's char-rnn: 40,000 lines of the plays, public domain) ships gzip-compressed beside this
 # script; a script pasted alone (Colab) downloads it once, checked against the sha256 of the text.
 SHAKESPEARE_GZ = Path(globals().get("__file__", "finetune_gpt2.py")).parent / "datasets/tinyshakespeare.txt.gz"
@@ -954,10 +935,8 @@ def read_texts(config):
     """([the text of each file], source): the .txt files --input names, or else Tiny Shakespeare."""
     if not config.input and SHAKESPEARE_GZ.is_file():
         return [gzip.decompress(SHAKESPEARE_GZ.read_bytes()).decode("utf-8")], str(SHAKESPEARE_GZ)
-    if not config.input:
-        path = download(SHAKESPEARE_URL, "data/tinyshakespeare/input.txt", SHAKESPEARE_SHA256, "pass --input FILE")
-        return [path.read_text(encoding="utf-8")], str(path)
-    path = Path(config.input)
+    path = Path(config.input) if config.input else \
+        download(SHAKESPEARE_URL, "data/tinyshakespeare/input.txt", SHAKESPEARE_SHA256, "pass --input FILE")
     files = sorted(path.glob("*.txt")) if path.is_dir() else [path] if path.is_file() else []
     if not files:
         raise SystemExit(f"error: --input {path} is neither a .txt file nor a folder of .txt files: name your text")
@@ -988,20 +967,16 @@ def comparison_table(before, after, columns, config, pairs):
         footnotes += [why] if None in (before[key], after[key]) and why not in footnotes else []
         rows.append([name, *(f"{s[key]:.{digits}f}" if s[key] is not None else f"n/a [{footnotes.index(why) + 1}]"
                              for s in (before, after))])
-    rows.insert(1, ["---"] * 3)
-    notes = "".join(f"\n[{i}] {why}" for i, why in enumerate(footnotes, 1))
-    return "\n".join(f"| {' | '.join(row)} |" for row in rows) + notes
+    return "\n".join(f"| {' | '.join(row)} |" for row in rows[:1] + [["---"] * 3] + rows[1:]) + \
+        "".join(f"\n[{i}] {why}" for i, why in enumerate(footnotes, 1))
 
 
 def model_card(model, config, steps, epochs=0, table=""):
-    """A short Hugging Face model card: what the model is, how it was trained and on what, and the licenses."""
+    """A short Hugging Face model card: the base model, the data, the steps, the scores and the licenses."""
     hub_id, base = HUB_MODELS.get(config.init_from), Path(config.init_from).name  # a local path may be private
     data = f"`{Path(config.input or config.data_dir).name}`" if config.input or config.data_dir else "Tiny Shakespeare"
     size = f"{model.config.n_layer}-layer GPT-2 ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)"
-    training = (f"## Training\n\n{steps} optimizer steps ({epochs:g} epochs) on {data}, batches of {config.batch_size}"
-                f" x {config.grad_accum_steps} windows of {config.block_size} tokens, AdamW at {config.learning_rate:g}"
-                f" ({config.warmup_steps} warmup steps, then linear decay), weight decay {config.weight_decay}, "
-                f"dropout {config.dropout}, {config.freeze_layers} frozen blocks.\n\n{table}\n") if steps else \
+    training = f"## Training\n\n{steps} optimizer steps ({epochs:g} epochs) on {data}.\n\n{table}\n" if steps else \
         f"Converted from `{base}` without any training.\n"
     return (f"---\nlicense: mit\nlibrary_name: transformers\npipeline_tag: text-generation\n"
             f"{f'base_model: {hub_id}{chr(10)}' if hub_id else ''}---\n\n"
@@ -1012,15 +987,11 @@ def model_card(model, config, steps, epochs=0, table=""):
 
 
 def plot_losses(log_path, png_path):
-    """The training loss at each logged step and the validation loss at each evaluation (at the start: before
+    """The training loss at each logged step and the validation loss at each evaluation (at step 0: before
     fine-tuning), read from log.jsonl, so that a resumed run's picture shows the whole run."""
     from matplotlib.figure import Figure  # no pyplot: no window, and a notebook's own plotting stays as it was
-    records = []
-    for line in log_path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line that a crash cut short
-            continue
+    lines = log_path.read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines if line.endswith("}")]  # not a line that a crash cut short
     ax = (fig := Figure(figsize=(7, 4))).subplots()
     ax.plot(*zip(*[(r["step"], r["loss"]) for r in records if "loss" in r]), label="training loss", alpha=0.7)
     ax.plot(*zip(*sorted({r["step"]: r["val_loss"] for r in records if "val_loss" in r}.items())), "o-",
@@ -1032,8 +1003,7 @@ def plot_losses(log_path, png_path):
 
 
 def check_config(config, saved=None):
-    """Every mistake that can be named before any text or model is read, in one sentence that says what to do.
-    saved: the settings of the run being resumed."""
+    """Every mistake that can be named before any text or model is read (saved: the settings of a resumed run)."""
     problems = [f"--{name} must be at least 1, not {getattr(config, name)}" for name in (
         "block_size", "epochs", "batch_size", "grad_accum_steps", "log_interval", "num_return_sequences",
         "max_new_tokens", "bleu_prompt_lines", "bleu_reference_lines") if getattr(config, name) < 1]
@@ -1046,8 +1016,7 @@ def check_config(config, saved=None):
               "learning_rate": (config.learning_rate > 0, "more than 0"),
               "repetition_penalty": (config.repetition_penalty > 0, "more than 0 (1 changes nothing)"),
               "max_steps": (config.max_steps == -1 or config.max_steps > 0, "-1 (train for --epochs) or a step count")}
-    problems += [f"--{name} must be {text}, not {getattr(config, name)}" for name, (ok, text) in ranges.items()
-                 if not ok]
+    problems += [f"--{key} must be {rule}, not {getattr(config, key)}" for key, (ok, rule) in ranges.items() if not ok]
     hf_files = {p.name for p in Path(config.save_hf).iterdir()} if Path(config.save_hf or "-").is_dir() else set()
     problems += [message for wrong, message in (
         (config.mode == "evaluate" and config.save_hf, "--save_hf is written by --mode finetune or generate only"),
@@ -1157,9 +1126,8 @@ def run(config, typed):
         raise SystemExit(f"error: --freeze_layers {config.freeze_layers} is more than the model's "
                          f"{model.config.n_layer} blocks: use a number from 0 to {model.config.n_layer}")
     model.to(device)
-    prompt = config.prompt
-    if prompt.startswith("FILE:"):
-        prompt = Path(prompt[5:]).read_text(encoding="utf-8", errors="replace")
+    prompt = Path(config.prompt[5:]).read_text(encoding="utf-8", errors="replace") \
+        if config.prompt.startswith("FILE:") else config.prompt
     start = checkpoint["step"] if checkpoint else 0
     if rank == 0:
         print(f"model: {f'{out_dir} at step {start}' if checkpoint else config.init_from} "
@@ -1172,14 +1140,13 @@ def run(config, typed):
         return
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    if config.mode == "finetune" and not checkpoint:
+    if rank == 0 and config.mode == "finetune" and not checkpoint:
         (out_dir / "log.jsonl").unlink(missing_ok=True)  # a fresh run starts its log anew; a resumed run appends
 
-    def log(record, line):
-        if rank == 0:  # the file first: a Ctrl-C between the two then loses a line on screen, never a record
-            with open(out_dir / "log.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-            tqdm.write(line)
+    def log(record, line):  # only the first process logs; the file first: a Ctrl-C then loses a line, never a record
+        with open(out_dir / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        tqdm.write(line)
 
     def evaluation(label, step):
         scores = measure(model, encoding, val_tokens, pairs, config, device, autocast)
