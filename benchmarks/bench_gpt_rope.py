@@ -13,7 +13,7 @@ Each run writes its own result file, so runs can be split over several invocatio
 and the picture cover every run found so far.
 
 Run:
-  python benchmarks/bench_gpt_rope.py --picture benchmarks/rope_vs_learned.png   # 6 runs of 1000 steps, ~10 min
+  flock /tmp/nanoverse-bench.lock python benchmarks/bench_gpt_rope.py --picture benchmarks/rope_vs_learned.png  # ~10 min
   python benchmarks/bench_gpt_rope.py --seeds 4 5 --variants rope                # more runs, added to the table
   python benchmarks/bench_gpt_rope.py --table                                    # the table of the runs so far
 """
@@ -36,7 +36,7 @@ import gpt  # noqa: E402
 import gpt_rope  # noqa: E402
 
 VARIANTS = {"learned": gpt, "rope": gpt_rope}
-# gpt.py's CPU default shape (4 blocks, 4 heads, 128 channels, 64-token context, 12 sequences per step), float32,
+# nanoGPT's CPU shape (4 blocks, 4 heads, 128 channels, 64-token context, 12 sequences per step), float32,
 # with a fixed sample of the validation split for the curve (the final figures use the whole split).
 TRAIN_FLAGS = ["--n_layer", "4", "--n_head", "4", "--n_embd", "128", "--block_size", "64", "--batch_size", "12",
                "--learning_rate", "1e-3", "--min_lr", "1e-4", "--warmup_iters", "100", "--dropout", "0",
@@ -45,29 +45,14 @@ TRAIN_FLAGS = ["--n_layer", "4", "--n_head", "4", "--n_embd", "128", "--block_si
 
 
 def prepare_shakespeare_char(folder):
-    """Token files for shakespeare_char: prepare_data.py when it works, else the same recipe written out here
-    (vocabulary = the sorted characters of the text, first 90% train, the rest validation)."""
+    """Token files for shakespeare_char, as prepare_data.py makes them from the text shipped in the repository."""
     if (folder / "meta.json").is_file():
         return folder
-    source = Path(os.environ.get("NANOVERSE_DATA", ROOT.parent / "shared" / "data")) / "tinyshakespeare" / "input.txt"
-    command = [sys.executable, str(ROOT / "prepare_data.py"), "shakespeare_char", "--out_dir", str(folder),
-               "--no-eda"] + (["--input", str(source)] if source.is_file() else [])
-    if subprocess.run(command, capture_output=True, text=True).returncode == 0 and (folder / "meta.json").is_file():
-        return folder
-    if not source.is_file():
-        raise SystemExit(f"neither prepare_data.py nor {source} gave shakespeare_char: set NANOVERSE_DATA")
-    text = source.read_text(encoding="utf-8")
-    itos = sorted(set(text))
-    stoi = {character: i for i, character in enumerate(itos)}
-    ids = np.array([stoi[character] for character in text], dtype=np.uint16)
-    split = int(0.9 * len(ids))
-    folder.mkdir(parents=True, exist_ok=True)
-    ids[:split].tofile(folder / "train.bin")
-    ids[split:].tofile(folder / "val.bin")
-    meta = {"format": "nanoverse-tokens-v1", "dataset": "shakespeare_char", "tokenizer": "char",
-            "vocab_size": len(itos), "dtype": "uint16", "train_tokens": split, "val_tokens": len(ids) - split,
-            "eot_id": None, "itos": itos, "source": str(source), "sha256": ""}
-    (folder / "meta.json").write_text(json.dumps(meta))
+    command = [sys.executable, str(ROOT / "prepare_data.py"), "shakespeare_char", "--out_dir", str(folder), "--no-eda",
+               "--samples", "0"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"prepare_data.py failed:\n{result.stderr[-2000:]}")
     return folder
 
 
@@ -213,7 +198,6 @@ def main(argv=None):
     parser.add_argument("--table", action="store_true", help="only print the table of the runs done so far")
     parser.add_argument("--picture", default="", help="write the loss curves and per-position losses to this PNG")
     args = parser.parse_args(argv)
-    torch.set_num_threads(os.cpu_count() or 1)
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     if not args.table:

@@ -1,5 +1,7 @@
 """Tests for gpt.py: the model's properties, equality with Hugging Face's GPT-2, training, resuming, DDP, sampling."""
 
+import dataclasses
+import hashlib
 import json
 import math
 import subprocess
@@ -104,11 +106,19 @@ def test_overfits_one_batch():
 
 
 def test_sinusoidal_table_matches_the_formula():
-    table = gpt.sinusoidal_positions(10, 8)
+    model = gpt.GPT(tiny_config(pos="sinusoidal", n_embd=8, n_head=2, block_size=10))
+    table = model.sinusoid
     pos, i = 7, 1
+    assert table.shape == (10, 8)
     assert math.isclose(table[pos, 2 * i].item(), math.sin(pos / 10000 ** (2 * i / 8)), abs_tol=1e-6)
     assert math.isclose(table[pos, 2 * i + 1].item(), math.cos(pos / 10000 ** (2 * i / 8)), abs_tol=1e-6)
-    assert "sinusoid" not in gpt.GPT(tiny_config(pos="sinusoidal")).state_dict()  # fixed, not a weight
+    assert "sinusoid" not in model.state_dict() and "transformer.wpe.weight" not in model.state_dict()  # fixed
+
+
+def test_mlp_ratio_sets_the_feed_forward_width():
+    model = gpt.GPT(tiny_config(mlp_ratio=2))
+    assert model.transformer.h[0].mlp.c_fc.weight.shape == (2 * 32, 32)  # GPT-2's n_inner = mlp_ratio * n_embd
+    assert model.transformer.h[0].mlp.c_proj.weight.shape == (32, 2 * 32)
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
@@ -155,28 +165,15 @@ def test_top_p_keeps_the_smallest_set_that_reaches_it():
     assert draws == {0, 1, 2}  # 0.5 + 0.25 falls short of 0.9: all three stay
 
 
-def test_peak_flops_match_the_gpu_name_as_a_whole_word():
-    assert gpt.peak_flops_of("NVIDIA L4") == gpt.PEAK_FLOPS["L4"]
-    assert gpt.peak_flops_of("NVIDIA A100-SXM4-80GB") == gpt.PEAK_FLOPS["A100"]
-    assert gpt.peak_flops_of("NVIDIA H100 PCIe") == 756e12 and gpt.peak_flops_of("NVIDIA H100 80GB HBM3") == 989e12
-    assert gpt.peak_flops_of("NVIDIA L40S") is None  # another GPU, not an L4: no MFU rather than a wrong one
-
-
-def test_bad_shape_is_named():
-    with pytest.raises(ValueError, match="divisible by n_head"):
-        gpt.GPT(tiny_config(n_embd=30, n_head=4))
-    with pytest.raises(ValueError, match="--attention must be one of"):
-        gpt.GPT(tiny_config(attention="flash"))
-
-
 def hf_gpt2_from(model):
     """A Hugging Face GPT2LMHeadModel holding the same weights; its Conv1D layers store weights transposed."""
     transformers = pytest.importorskip("transformers")
     c = model.config
     hf_config = transformers.GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
-                                        n_layer=c.n_layer, n_head=c.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
-                                        attn_pdrop=0.0, layer_norm_epsilon=c.layer_norm_epsilon,
-                                        activation_function="gelu_new", bos_token_id=0, eos_token_id=0)
+                                        n_layer=c.n_layer, n_head=c.n_head, n_inner=c.mlp_ratio * c.n_embd,
+                                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                        layer_norm_epsilon=c.layer_norm_epsilon, activation_function="gelu_new",
+                                        bos_token_id=0, eos_token_id=0)
     hf = transformers.GPT2LMHeadModel(hf_config).eval()
     ours = model.state_dict()
     transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -189,8 +186,9 @@ def hf_gpt2_from(model):
     return hf
 
 
-def test_equals_hugging_face_gpt2_logits_loss_and_greedy_text():
-    model = gpt.GPT(tiny_config()).eval()
+@pytest.mark.parametrize("mlp_ratio", [4, 2])
+def test_equals_hugging_face_gpt2_logits_loss_and_greedy_text(mlp_ratio):
+    model = gpt.GPT(tiny_config(mlp_ratio=mlp_ratio)).eval()
     hf = hf_gpt2_from(model)
     idx = torch.randint(0, 64, (2, 16))
     logits, loss, _ = model(idx, idx)
@@ -212,7 +210,8 @@ TEXT = ("First Citizen: Before we proceed any further, hear me speak.\nAll: Spea
 
 
 def write_char_dataset(folder, text=TEXT):
-    """train.bin / val.bin / meta.json per the nanoverse-tokens-v1 contract: sorted characters, a 90/10 split."""
+    """train.bin / val.bin / meta.json per the nanoverse-tokens-v1 contract: sorted characters, a 90/10 split, and the
+    tokenizer's fingerprint, the sha256 of the characters in order."""
     folder.mkdir(parents=True, exist_ok=True)
     itos = sorted(set(text))
     ids = np.array([itos.index(c) for c in text], dtype=np.uint16)
@@ -221,7 +220,25 @@ def write_char_dataset(folder, text=TEXT):
     ids[split:].tofile(folder / "val.bin")
     meta = {"format": "nanoverse-tokens-v1", "dataset": "tiny", "tokenizer": "char", "vocab_size": len(itos),
             "dtype": "uint16", "train_tokens": split, "val_tokens": len(ids) - split, "eot_id": None, "itos": itos,
-            "source": "inline", "sha256": ""}
+            "tokenizer_sha256": hashlib.sha256("".join(itos).encode("utf-8")).hexdigest()}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+def write_bpe_dataset(folder, text, vocab_size):
+    """The same contract for a bpe.py tokenizer: bpe.model beside the ids, its file's sha256 as the fingerprint."""
+    import bpe
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = bpe.Tokenizer.train(text, vocab_size)
+    tokenizer.save(str(folder / "bpe"))
+    ids = np.array(tokenizer.encode(text, allowed_special="all"), dtype=np.uint16)
+    split = int(0.9 * len(ids))
+    ids[:split].tofile(folder / "train.bin")
+    ids[split:].tofile(folder / "val.bin")
+    meta = {"format": "nanoverse-tokens-v1", "tokenizer": "bpe", "bpe_model": "bpe.model",
+            "vocab_size": len(tokenizer.vocab), "dtype": "uint16",
+            "tokenizer_sha256": hashlib.sha256((folder / "bpe.model").read_bytes()).hexdigest()}
     (folder / "meta.json").write_text(json.dumps(meta))
     return folder
 
@@ -271,17 +288,19 @@ def test_smoke_training_writes_checkpoint_log_picture_and_samples(tmp_path, caps
                        "--eval_interval", "15", "--log_interval", "5", "--sample_interval", "15", "--grad_accum_steps",
                        "2", "--dropout", "0.1"])
     printed = capsys.readouterr().out
-    assert "ms/step" in printed and "tok/s" in printed and "val loss" in printed
+    assert "ms_per_step" in printed and "tokens_per_sec" in printed and "val_loss" in printed
     checkpoint = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=True)
     assert checkpoint["format"] == "nanoverse-gpt-v1" and checkpoint["step"] == 30
+    assert checkpoint["tokenizer_sha256"] == json.loads((data / "meta.json").read_text())["tokenizer_sha256"]
+    assert checkpoint["data_dir"] == str(data.resolve()) and checkpoint["meta"]["tokenizer"] == "char"
     assert not any(key.startswith("_orig_mod") for key in checkpoint["model"])  # the plain module's names
     log = read_log(out)
     assert [r["step"] for r in log if "loss" in r] == [5, 10, 15, 20, 25, 30]
     val_losses = [r["val_loss"] for r in log if "val_loss" in r]
     assert len(val_losses) == 2 and val_losses[-1] < math.log(checkpoint["config"]["vocab_size"])  # it learned
-    assert result["best_val_loss"] == pytest.approx(min(val_losses), abs=1e-4)
+    assert result["best_val_loss"] == pytest.approx(min(val_losses)) and result["val_loss"] == val_losses[-1]
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
-    assert not list(out.glob("*.tmp"))  # atomic writes leave no temporary files behind
+    assert sorted(path.name for path in out.iterdir()) == ["ckpt.pt", "log.jsonl", "loss.png"]  # no temporary files
 
     texts = gpt.main(["--sample", "--out_dir", str(out), "--start", "All:", "--num_samples", "2",
                       "--max_new_tokens", "25", "--top_k", "5", "--top_p", "0.9", "--repetition_penalty", "1.1"])
@@ -305,165 +324,163 @@ def test_resume_reproduces_the_next_losses_exactly(tmp_path):
     assert len(straight) == 8 and split == straight  # steps 5-8 after the resume equal the uninterrupted run
 
 
-def test_a_resume_that_types_only_the_folder_keeps_the_run_settings(tmp_path):
+def test_a_resume_that_types_only_the_folder_keeps_the_run_settings(tmp_path, capsys):
     data = write_char_dataset(tmp_path / "data")
     common = ["--data_dir", str(data), *TINY_FLAGS, "--dropout", "0.1", "--lr_decay_iters", "8", "--eval_interval",
               "4", "--log_interval", "1", "--learning_rate", "2e-3", "--warmup_iters", "2", "--seed", "5"]
     gpt.main([*common, "--out_dir", str(tmp_path / "straight"), "--max_iters", "8"])
     gpt.main([*common, "--out_dir", str(tmp_path / "split"), "--max_iters", "4"])
+    capsys.readouterr()
     gpt.main(["--out_dir", str(tmp_path / "split"), "--init_from", "resume"])  # max_iters 4: done, not 2500 steps
     assert [r["step"] for r in read_log(tmp_path / "split") if "loss" in r] == [1, 2, 3, 4]
+    assert "--lr_decay_iters 4 keeps min_lr" in capsys.readouterr().out  # how to go on past the end of the schedule
     gpt.main(["--out_dir", str(tmp_path / "split"), "--init_from", "resume", "--max_iters", "8"])
     straight = [r["loss"] for r in read_log(tmp_path / "straight") if "loss" in r]
     split = [r["loss"] for r in read_log(tmp_path / "split") if "loss" in r]
     assert len(straight) == 8 and split == straight  # the same learning rates, dropout, seed and batches
 
 
-def test_ctrl_c_during_an_evaluation_resumes_exactly(tmp_path, monkeypatch):
+def test_a_resumed_finished_run_can_stay_at_min_lr(tmp_path):
     data = write_char_dataset(tmp_path / "data")
-    common = ["--data_dir", str(data), *TINY_FLAGS, "--dropout", "0.1", "--max_iters", "8", "--eval_interval", "4",
-              "--log_interval", "1", "--max_new_tokens", "1"]
-    gpt.main([*common, "--out_dir", str(tmp_path / "straight")])
-    evaluate = gpt.evaluate
+    common = ["--data_dir", str(data), "--out_dir", str(tmp_path / "out"), *TINY_FLAGS, "--log_interval", "1",
+              "--min_lr", "1e-4", "--max_new_tokens", "1"]
+    gpt.main([*common, "--max_iters", "4"])
+    gpt.main([*common, "--max_iters", "6", "--init_from", "resume", "--lr_decay_iters", "4"])
+    assert [r["lr"] for r in read_log(tmp_path / "out") if "lr" in r][4:] == [1e-4, 1e-4]  # steps 5 and 6
 
-    def interrupted_once(*args, **kwargs):  # Ctrl-C in the first evaluation, after step 4 has finished
-        monkeypatch.setattr(gpt, "evaluate", evaluate)
-        raise KeyboardInterrupt
 
-    monkeypatch.setattr(gpt, "evaluate", interrupted_once)
-    assert gpt.main([*common, "--out_dir", str(tmp_path / "split")])["step"] == 4
-    gpt.main([*common, "--out_dir", str(tmp_path / "split"), "--init_from", "resume"])
-    straight = [r["loss"] for r in read_log(tmp_path / "straight") if "loss" in r]
-    split = [r["loss"] for r in read_log(tmp_path / "split") if "loss" in r]
-    assert len(straight) == 8 and split == straight  # step 5 draws step 5's batches, not step 4's again
-    # the interrupted evaluation of step 4 is done first on resume: the same validation records as the unbroken run
-    assert [(r["step"], r["val_loss"]) for r in read_log(tmp_path / "split") if "val_loss" in r] == \
-        [(r["step"], r["val_loss"]) for r in read_log(tmp_path / "straight") if "val_loss" in r]
-    calls = []
+def interrupt(monkeypatch, name, when):
+    """Make gpt.<name> raise KeyboardInterrupt on its when-th call, as a Ctrl-C there would."""
+    original, calls = getattr(gpt, name), []
 
-    def interrupted_last(*args, **kwargs):  # Ctrl-C in the final, whole-split evaluation (after step 8)
+    def interrupted(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
-            monkeypatch.setattr(gpt, "evaluate", evaluate)
+        if len(calls) == when:
             raise KeyboardInterrupt
-        return evaluate(*args, **kwargs)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(gpt, "evaluate", interrupted_last)
-    assert gpt.main([*common, "--out_dir", str(tmp_path / "last")])["step"] == 8
-    assert gpt.main([*common, "--out_dir", str(tmp_path / "last"), "--init_from", "resume"])["step"] == 8
-    assert [(r["step"], r["val_loss"]) for r in read_log(tmp_path / "last") if "val_loss" in r] == \
-        [(r["step"], r["val_loss"]) for r in read_log(tmp_path / "straight") if "val_loss" in r]
-    monkeypatch.setattr(gpt, "evaluate", evaluate)
-    dumps = json.dumps
-
-    def interrupted_logging(record, *args, **kwargs):  # Ctrl-C while step 4's training record is written
-        if record.get("step") == 4 and "loss" in record:
-            monkeypatch.setattr(json, "dumps", dumps)
-            raise KeyboardInterrupt
-        return dumps(record, *args, **kwargs)
-
-    monkeypatch.setattr(json, "dumps", interrupted_logging)
-    assert gpt.main([*common, "--out_dir", str(tmp_path / "logging")])["step"] == 4
-    gpt.main([*common, "--out_dir", str(tmp_path / "logging"), "--init_from", "resume"])
-    assert [(r["step"], r["val_loss"]) for r in read_log(tmp_path / "logging") if "val_loss" in r] == \
-        [(r["step"], r["val_loss"]) for r in read_log(tmp_path / "straight") if "val_loss" in r]
+    monkeypatch.setattr(gpt, name, interrupted)
 
 
-def test_ctrl_c_inside_a_training_step_replays_that_step(tmp_path, monkeypatch):
-    """The Ctrl-C lands after step 5 has drawn its second batch: the checkpoint holds the random state from before
-    step 5, so the resumed run draws step 5's batches again and the losses are the unbroken run's."""
+@pytest.mark.parametrize("name, when", [("get_batch", 2 * 4 + 2), ("evaluate", 1)])
+def test_ctrl_c_saves_the_last_finished_step_and_the_resumed_run_goes_on_exactly(tmp_path, monkeypatch, name, when):
+    """Ctrl-C inside step 5 (after its second micro-batch), or in the evaluation after step 4: the checkpoint holds
+    step 4, the interrupt is raised again (main turns it into exit status 130), and since batches and dropout follow
+    from the step, the resumed run's losses are the unbroken run's."""
     data = write_char_dataset(tmp_path / "data")
     common = ["--data_dir", str(data), *TINY_FLAGS, "--dropout", "0.1", "--max_iters", "8", "--eval_interval", "4",
               "--log_interval", "1", "--max_new_tokens", "1", "--grad_accum_steps", "2"]
     gpt.main([*common, "--out_dir", str(tmp_path / "straight")])
-    get_batch, calls = gpt.get_batch, []
-
-    def interrupted_in_step_5(*args, **kwargs):
-        batch = get_batch(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == 2 * 4 + 2:  # 2 micro-batches per step: step 5's second
-            raise KeyboardInterrupt
-        return batch
-
-    monkeypatch.setattr(gpt, "get_batch", interrupted_in_step_5)
-    assert gpt.main([*common, "--out_dir", str(tmp_path / "split")])["step"] == 4
-    monkeypatch.setattr(gpt, "get_batch", get_batch)
+    interrupt(monkeypatch, name, when)
+    with pytest.raises(SystemExit) as stopped:
+        gpt.main([*common, "--out_dir", str(tmp_path / "split")])
+    assert stopped.value.code == 130
+    assert torch.load(tmp_path / "split" / "ckpt.pt", weights_only=True)["step"] == 4
+    assert [r["step"] for r in read_log(tmp_path / "split") if "loss" in r] == [1, 2, 3, 4]  # the log was closed
+    monkeypatch.undo()
     gpt.main([*common, "--out_dir", str(tmp_path / "split"), "--init_from", "resume"])
     straight = [(r["step"], r["loss"]) for r in read_log(tmp_path / "straight") if "loss" in r]
     assert len(straight) == 8 and [(r["step"], r["loss"]) for r in read_log(tmp_path / "split") if "loss" in r] == \
         straight
     assert straight[0][1] == pytest.approx(math.log(len(set(TEXT))), abs=0.3)  # micro-batches averaged, not summed
+    val_steps = [r["step"] for r in read_log(tmp_path / "split") if "val_loss" in r]
+    assert val_steps == ([4, 8] if name == "get_batch" else [8])  # an interrupted evaluation is not done again
 
 
-def test_a_resume_after_a_crash_logs_each_step_once(tmp_path, monkeypatch):
+def test_train_raises_ctrl_c_again_and_on_eval_can_stop_a_run(tmp_path, monkeypatch):
+    """A caller (tune.py) sees an interrupted run as KeyboardInterrupt; on_eval gets every evaluation, and what it
+    raises ends the run after that evaluation's checkpoint, with the log closed."""
     data = write_char_dataset(tmp_path / "data")
-    common = ["--data_dir", str(data), *TINY_FLAGS, "--dropout", "0.1", "--max_iters", "8", "--eval_interval", "4",
-              "--log_interval", "1", "--max_new_tokens", "1"]
-    gpt.main([*common, "--out_dir", str(tmp_path / "straight")])
-    learning_rate_at = gpt.learning_rate_at
+    config = gpt.Config(data_dir=str(data), n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=4,
+                        max_iters=20, eval_interval=5, log_interval=5, max_new_tokens=1)
+    seen = []
 
-    def crash_before_step_7(step, config):  # steps 5 and 6 are logged, but the checkpoint holds step 4
-        if step == 6:
-            raise MemoryError("killed")
-        return learning_rate_at(step, config)
+    def on_eval(step, val_loss):
+        seen.append((step, val_loss))
+        if step == 10:
+            raise RuntimeError("pruned")
 
-    monkeypatch.setattr(gpt, "learning_rate_at", crash_before_step_7)
-    with pytest.raises(MemoryError):
-        gpt.main([*common, "--out_dir", str(tmp_path / "split")])
-    monkeypatch.setattr(gpt, "learning_rate_at", learning_rate_at)
-    with open(tmp_path / "split" / "log.jsonl", "a") as f:
-        f.write('[7]\n{"step": null}\n{"step": 7, "lo')  # lines that are not records, and one the crash cut short
-    gpt.main([*common, "--out_dir", str(tmp_path / "split"), "--init_from", "resume"])
-    straight = [(r["step"], r["loss"]) for r in read_log(tmp_path / "straight") if "loss" in r]
-    split = [(r["step"], r["loss"]) for r in read_log(tmp_path / "split") if "loss" in r]
-    assert len(straight) == 8 and split == straight
-    assert [r["step"] for r in read_log(tmp_path / "split") if "val_loss" in r] == [4, 8]
+    with pytest.raises(RuntimeError, match="pruned"):
+        gpt.train(dataclasses.replace(config, out_dir=str(tmp_path / "pruned")), on_eval=on_eval)
+    assert [step for step, _ in seen] == [5, 10]
+    assert [(r["step"], r["val_loss"]) for r in read_log(tmp_path / "pruned") if "val_loss" in r] == \
+        [(step, pytest.approx(loss)) for step, loss in seen]
+    assert torch.load(tmp_path / "pruned" / "ckpt.pt", weights_only=True)["step"] == 10
+    interrupt(monkeypatch, "evaluate", 1)
+    with pytest.raises(KeyboardInterrupt):
+        gpt.train(dataclasses.replace(config, out_dir=str(tmp_path / "interrupted")))
 
 
-def test_resuming_a_finished_run_names_how_to_keep_the_learning_rate_at_min_lr(tmp_path, capsys):
-    data = write_char_dataset(tmp_path / "data")
-    common = ["--data_dir", str(data), "--out_dir", str(tmp_path / "out"), *TINY_FLAGS, "--log_interval", "1",
-              "--min_lr", "1e-4", "--max_new_tokens", "1"]
-    gpt.main([*common, "--max_iters", "4"])
-    gpt.main([*common, "--max_iters", "4", "--init_from", "resume"])
-    assert "raise --max_iters to train further, with --lr_decay_iters 4 to stay at min_lr" in capsys.readouterr().out
-    gpt.main([*common, "--max_iters", "6", "--init_from", "resume", "--lr_decay_iters", "4"])
-    assert [r["lr"] for r in read_log(tmp_path / "out") if "lr" in r][4:] == [1e-4, 1e-4]  # steps 5 and 6
-
-
-def test_a_new_run_never_overwrites_a_trained_one_and_resume_reads_the_same_data(tmp_path, capsys):
+def test_a_new_run_never_overwrites_a_trained_one_and_resume_reads_the_same_tokens(tmp_path, capsys):
     data = write_char_dataset(tmp_path / "data")
     other = write_char_dataset(tmp_path / "other", text=TEXT.upper())  # another character vocabulary
     out = tmp_path / "out"
     gpt.main(["--data_dir", str(data), "--out_dir", str(out), *TINY_FLAGS, "--max_iters", "2", "--log_interval", "1"])
     trained = (out / "ckpt.pt").read_bytes()
-    with pytest.raises(SystemExit, match="already holds a run .* --init_from resume"):
+    with pytest.raises(SystemExit, match="holds a run: continue it with --init_from resume"):
         gpt.main(["--data_dir", str(data), "--out_dir", str(out), *TINY_FLAGS, "--max_iters", "2"])
     assert (out / "ckpt.pt").read_bytes() == trained
-    with pytest.raises(SystemExit, match=f"resume with --data_dir {data.resolve()}"):
+    with pytest.raises(SystemExit, match=f"another tokenizer .* resume with --data_dir {data.resolve()}"):
         gpt.main(["--data_dir", str(other), "--out_dir", str(out), "--init_from", "resume", "--max_iters", "4"])
     capsys.readouterr()
     # No data named: the run continues on the data it was trained on (not the default dataset folder).
     result = gpt.main(["--out_dir", str(out), "--init_from", "resume", "--max_iters", "4", "--log_interval", "1"])
-    assert result["step"] == 4 and f"on {data.resolve()}" in capsys.readouterr().out
+    assert result["step"] == 4 and str(data.resolve()) in capsys.readouterr().out
     assert [r["step"] for r in read_log(out) if "loss" in r] == [1, 2, 3, 4]  # one log, continued
     # The same number of characters, in another table: ids that mean other letters are refused too.
     shifted = write_char_dataset(tmp_path / "shifted", text=TEXT.replace("a", "q"))
     assert json.loads((shifted / "meta.json").read_text())["vocab_size"] == len(set(TEXT))
-    with pytest.raises(SystemExit, match="mean other things"):
+    with pytest.raises(SystemExit, match="another tokenizer"):
         gpt.main(["--data_dir", str(shifted), "--out_dir", str(out), "--init_from", "resume", "--max_iters", "6"])
     # Naming the default dataset is naming data: it is not replaced by the checkpoint's.
     with pytest.raises(SystemExit, match="shakespeare_char"):
         gpt.main(["--dataset", "shakespeare_char", "--out_dir", str(out), "--init_from", "resume"])
-    with pytest.raises(SystemExit, match="cannot create --out_dir"):
-        gpt.main(["--data_dir", str(data), "--out_dir", str(data / "meta.json"), *TINY_FLAGS, "--max_iters", "2"])
+
+
+def test_a_bpe_run_samples_only_with_its_own_tokenizer_file(tmp_path):
+    text = "the quick brown fox jumps over the lazy dog. " * 60
+    data = write_bpe_dataset(tmp_path / "data", text, 300)
+    out = tmp_path / "out"
+    gpt.main(["--data_dir", str(data), "--out_dir", str(out), *TINY_FLAGS, "--max_iters", "2", "--max_new_tokens",
+              "3"])
+    assert gpt.main(["--sample", "--out_dir", str(out), "--start", "the", "--max_new_tokens", "3"])[0].startswith("the")
+    write_bpe_dataset(tmp_path / "retrained", "pack my box with five dozen liquor jugs. " * 60, 300)
+    (data / "bpe.model").write_bytes((tmp_path / "retrained" / "bpe.model").read_bytes())  # re-trained in place
+    with pytest.raises(SystemExit, match="bpe.model is another BPE model"):
+        gpt.main(["--sample", "--out_dir", str(out), "--start", "the"])
+    (data / "bpe.model").unlink()
+    with pytest.raises(SystemExit, match="bpe.model is missing"):
+        gpt.main(["--sample", "--out_dir", str(out), "--start", "the"])
+    checkpoint = torch.load(out / "ckpt.pt", weights_only=True)
+    with pytest.raises(SystemExit, match="another tokenizer"):  # resuming on the re-trained folder
+        gpt.main(["--data_dir", str(tmp_path / "retrained"), "--out_dir", str(out), "--init_from", "resume"])
+    del checkpoint["tokenizer_sha256"]  # as an older gpt.py wrote them
+    torch.save(checkpoint, out / "ckpt.pt")
+    with pytest.raises(SystemExit, match="older version of this script: train again"):
+        gpt.main(["--sample", "--out_dir", str(out)])
 
 
 def test_a_checkpoint_of_the_sibling_script_is_named(tmp_path):
-    (tmp_path / "ckpt.pt").parent.mkdir(exist_ok=True)
     torch.save({"format": "nanoverse-gpt-rope-v1"}, tmp_path / "ckpt.pt")
-    with pytest.raises(SystemExit, match="gpt_rope.py wrote it, so use gpt_rope.py"):
+    with pytest.raises(SystemExit, match="nanoverse-gpt-rope-v1 checkpoint, not nanoverse-gpt-v1"):
         gpt.main(["--sample", "--out_dir", str(tmp_path)])
+
+
+def test_checkpoints_are_written_atomically(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / "ckpt.pt.tmp").symlink_to(victim)  # a planted link at the name a fixed temporary file would have
+    gpt.write_atomically(tmp_path / "ckpt.pt", lambda file: file.write(b"new"))
+    assert (tmp_path / "ckpt.pt").read_bytes() == b"new" and victim.read_text() == "keep me"
+
+    def fails(file):
+        file.write(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        gpt.write_atomically(tmp_path / "ckpt.pt", fails)
+    assert (tmp_path / "ckpt.pt").read_bytes() == b"new"  # the old file stays whole
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ckpt.pt", "ckpt.pt.tmp", "victim.txt"]
 
 
 def test_early_stopping_after_patience_evaluations(tmp_path):
@@ -481,6 +498,7 @@ def test_early_stopping_after_patience_evaluations(tmp_path):
     whole = gpt.evaluate(model, val_tokens, model.config, torch.device("cpu"), gpt.nullcontext())
     val_losses = [r["val_loss"] for r in read_log(tmp_path / "out") if "val_loss" in r]
     assert val_losses[0] == val_losses[1] != val_losses[2] == pytest.approx(whole, abs=1e-5)
+    assert result["val_loss"] == val_losses[2]
 
 
 @pytest.mark.parametrize("script", ["gpt", "gpt_rope"])
@@ -493,16 +511,38 @@ def test_two_process_ddp_with_gloo(tmp_path, script):
                "--max_new_tokens", "5"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "2 processes" in result.stdout
+    assert "2 process(es)" in result.stdout
     log = read_log(out)
     assert [r["step"] for r in log if "loss" in r] == [2, 4]  # one process logs, not two
     assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 4
 
 
-def test_command_line_ignores_a_notebook_kernel_argument_and_applies_presets():
-    assert gpt.parse_args(["-f", "/root/.local/kernel-1.json"]) == gpt.Config()
-    config = gpt.parse_args(["--preset", "shakespeare", "--dropout", "0", "--no-bias"])
+def test_each_process_draws_its_own_batches(monkeypatch):
+    tokens = np.arange(1000, dtype=np.uint16)
+    batches = [gpt.get_batch(tokens, 4, 8, np.random.default_rng([1337, rank, 5]), torch.device("cpu"))[0]
+               for rank in (0, 1, 0)]
+    assert not torch.equal(batches[0], batches[1]) and torch.equal(batches[0], batches[2])
+    assert torch.equal(batches[0][:, 1:], gpt.get_batch(tokens, 4, 8, np.random.default_rng([1337, 0, 5]),
+                                                        torch.device("cpu"))[1][:, :-1])  # y is x shifted by one
+
+
+def test_command_line_presets_notebooks_and_misspelled_flags(monkeypatch, capsys):
+    config, typed = gpt.parse_args(["--preset", "shakespeare", "--dropout", "0", "--no-bias"])
     assert (config.n_layer, config.n_embd, config.block_size, config.dropout, config.bias) == (6, 384, 256, 0.0, False)
+    assert typed == {"preset": "shakespeare", "dropout": 0.0, "bias": False}
+    monkeypatch.setattr(sys, "argv", ["ipykernel_launcher.py", "-f", "/root/.local/kernel-1.json"])
+    monkeypatch.setitem(sys.modules, "ipykernel", sys)  # as inside a notebook: the kernel's arguments are not ours
+    assert gpt.parse_args() == (gpt.Config(), {})
+    with pytest.raises(SystemExit) as error:
+        gpt.main(["--max_iter", "10"])  # a misspelled flag is an error, not silently ignored nor expanded
+    assert error.value.code == 2 and "did you mean --max_iters?" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        gpt.main(["--attention", "flash"])
+    assert "invalid choice: 'flash'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        gpt.main(["--help"])
+    assert "peak learning rate, reached after warmup (a tiny model tolerates a high one) (default: 0.005)" in \
+        " ".join(capsys.readouterr().out.split())  # each flag's help is its Config field's comment
 
 
 def test_bad_inputs_are_named(tmp_path):
@@ -511,8 +551,13 @@ def test_bad_inputs_are_named(tmp_path):
     with pytest.raises(SystemExit, match="missing"):
         gpt.main(["--data_dir", str(tmp_path / "none"), "--out_dir", str(tmp_path / "o")])
     data = write_char_dataset(tmp_path / "data")
-    with pytest.raises(SystemExit, match="divisible by n_head"):
+    with pytest.raises(SystemExit, match="--n_embd 30 must be divisible by --n_head 4"):
         gpt.main(["--data_dir", str(data), "--out_dir", str(tmp_path / "o"), "--n_embd", "30", "--n_head", "4"])
+    with pytest.raises(SystemExit, match="--pos sinusoidal needs an even --n_embd"):
+        gpt.main(["--data_dir", str(data), "--out_dir", str(tmp_path / "o"), "--n_embd", "27", "--n_head", "3",
+                  "--pos", "sinusoidal"])
+    with pytest.raises(SystemExit, match="too few for --block_size 4096"):
+        gpt.main(["--data_dir", str(data), "--out_dir", str(tmp_path / "o"), "--block_size", "4096"])
     with pytest.raises(SystemExit, match="no checkpoint"):
         gpt.main(["--sample", "--out_dir", str(tmp_path / "empty")])
     (tmp_path / "broken").mkdir()
@@ -527,28 +572,29 @@ def test_bad_inputs_are_named(tmp_path):
                          (["--temperature", "inf"], "--temperature must be a number"),
                          (["--max_iters", "0"], "--max_iters must be at least 1"),
                          (["--patience", "-1"], "--patience cannot be negative"),
-                         (["--device", "tpu"], "--device 'tpu' is not"),
-                         (["--device", "cuda:7" if torch.cuda.is_available() else "cuda"], "no such CUDA GPU")):
+                         (["--device", "tpu"], "--device 'tpu': there is no such device"),
+                         (["--device", "cuda:7" if torch.cuda.is_available() else "cuda"], "no such device")):
         with pytest.raises(SystemExit, match=named):
             gpt.main(["--data_dir", str(data), "--out_dir", str(tmp_path / "o"), *flags])
-    with pytest.raises(SystemExit) as error:
-        gpt.main(["--max_iter", "10"])  # a misspelled flag is an error, not silently ignored nor expanded
-    assert error.value.code == 2  # argparse's usage error, not some later failure
+    assert not (tmp_path / "o").exists()  # every mistake is named before anything is written
 
 
 @pytest.mark.parametrize("script", ["gpt", "gpt_rope"])
 def test_damaged_token_files_are_named_before_training(tmp_path, script):
-    """Files cut short, ids past the vocabulary, a meta.json of the wrong shape: one sentence each, not an error from
-    numpy or inside the embedding."""
+    """Files cut short, ids past the vocabulary, a meta.json of the wrong shape or from before fingerprints: one
+    sentence each, not an error from numpy or inside the embedding."""
     main = __import__(script).main
     for name, damage, named in (
             ("cut", lambda d: (d / "train.bin").write_bytes((d / "train.bin").read_bytes()[:-1]),
-             "train.bin is not a whole number of uint16 tokens"),
+             "train.bin is missing or not a whole number of uint16 tokens"),
             ("ids", lambda d: np.append(np.fromfile(d / "val.bin", np.uint16), np.uint16(len(set(TEXT)))).tofile(
-                d / "val.bin"), f"val.bin holds token id {len(set(TEXT))} but meta.json's vocabulary has"),  # one past
-            ("list", lambda d: (d / "meta.json").write_text("[1, 2]"), "is not a nanoverse-tokens-v1 file"),
+                d / "val.bin"), f"val.bin holds token id {len(set(TEXT))}, past the vocabulary's"),  # one past
+            ("list", lambda d: (d / "meta.json").write_text("[1, 2]"), "not one that prepare_data.py writes"),
             ("size", lambda d: (d / "meta.json").write_text(json.dumps({"format": "nanoverse-tokens-v1",
-                                                                          "dtype": "uint16"})), "and a vocab_size")):
+                                                                          "dtype": "uint16"})), "KeyError"),
+            ("old", lambda d: (d / "meta.json").write_text(json.dumps({
+                k: v for k, v in json.loads((d / "meta.json").read_text()).items() if k != "tokenizer_sha256"})),
+             "'tokenizer_sha256'")):
         data = write_char_dataset(tmp_path / name)
         damage(data)
         with pytest.raises(SystemExit, match=named):
@@ -560,11 +606,19 @@ def test_prompt_with_unknown_characters_is_named(tmp_path):
     data = write_char_dataset(tmp_path / "data")
     out = tmp_path / "out"
     gpt.main(["--data_dir", str(data), "--out_dir", str(out), *TINY_FLAGS, "--max_iters", "1", "--max_new_tokens", "1"])
-    with pytest.raises(SystemExit, match="never saw"):
+    with pytest.raises(SystemExit, match="--start 'Zebra!' fails .*KeyError: 'Z'"):
         gpt.main(["--sample", "--out_dir", str(out), "--start", "Zebra!"])
+    with pytest.raises(SystemExit, match="--start is empty"):
+        gpt.main(["--sample", "--out_dir", str(out), "--start", ""])
 
 
-def test_local_gpt2_tokenizer_equals_tiktoken(gpt2_encoding):
-    text = "Hello world, it's 2024!  New   lines\n\nand ünïcödé <|endoftext|>"
-    ours = gpt.gpt2_encoding()
-    assert ours.encode(text, allowed_special="all") == gpt2_encoding.encode(text, allowed_special="all")
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_mixed_precision_paths_run_on_a_cpu(tmp_path, dtype):
+    """The CUDA recipe's precision paths, as far as a CPU runs them: bf16 autocast, and fp16 autocast with a GradScaler
+    (the scaler's state goes into the checkpoint, so that a resumed run keeps its loss scale)."""
+    data = write_char_dataset(tmp_path / "data")
+    result = gpt.main(["--data_dir", str(data), "--out_dir", str(tmp_path / "out"), *TINY_FLAGS, "--max_iters", "4",
+                       "--eval_interval", "4", "--log_interval", "2", "--dtype", dtype, "--max_new_tokens", "5"])
+    assert math.isfinite(result["val_loss"]) and result["val_loss"] < math.log(len(set(TEXT))) + 0.5
+    scaler = torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)["scaler"]
+    assert (scaler.get("scale") is not None) == (dtype == "float16")  # a GradScaler only for fp16

@@ -3,6 +3,7 @@ guard that keeps gpt_rope.py a small patch on top of gpt.py."""
 
 import dataclasses
 import difflib
+import hashlib
 import inspect
 import json
 import math
@@ -186,10 +187,10 @@ def test_no_position_weights_and_weights_run_at_a_longer_context():
 
 
 def test_bad_shape_is_named():
-    with pytest.raises(ValueError, match="even n_embd / n_head \\(now 36 / 4: change --n_embd or --n_head\\)"):
-        gpt_rope.GPT(tiny_config(n_embd=36, n_head=4))  # 9 channels per head cannot form pairs
-    with pytest.raises(ValueError, match="rope_theta"):
-        gpt_rope.GPT(tiny_config(rope_theta=0.5))
+    with pytest.raises(SystemExit, match="even n_embd / n_head \\(now 36 / 4: change --n_embd or --n_head\\)"):
+        gpt_rope.check_config(tiny_config(n_embd=36, n_head=4))  # 9 channels per head cannot form pairs
+    with pytest.raises(SystemExit, match="--rope_theta above 1 \\(now 0.5\\)"):
+        gpt_rope.main(["--rope_theta", "0.5"])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -206,7 +207,7 @@ def write_char_dataset(folder, text):
     ids[split:].tofile(folder / "val.bin")
     meta = {"format": "nanoverse-tokens-v1", "dataset": "tiny", "tokenizer": "char", "vocab_size": len(itos),
             "dtype": "uint16", "train_tokens": split, "val_tokens": len(ids) - split, "eot_id": None,
-            "itos": itos, "source": "test", "sha256": ""}
+            "itos": itos, "tokenizer_sha256": hashlib.sha256("".join(itos).encode("utf-8")).hexdigest()}
     (folder / "meta.json").write_text(json.dumps(meta))
     return folder
 
@@ -220,8 +221,7 @@ def test_main_trains_resumes_and_samples(tmp_path, capsys):
     text = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40
     data = write_char_dataset(tmp_path / "data", text)
     out = tmp_path / "out"
-    result = gpt_rope.main(TINY_RUN + ["--data_dir", str(data), "--out_dir", str(out), "--max_iters", "10",
-                                       "-f", "kernel.json"])  # a notebook's extra argument is ignored
+    result = gpt_rope.main(TINY_RUN + ["--data_dir", str(data), "--out_dir", str(out), "--max_iters", "10"])
     assert result["step"] == 10 and result["best_val_loss"] < math.log(len(set(text)))
     checkpoint = torch.load(out / "ckpt.pt", weights_only=True)
     assert checkpoint["format"] == "nanoverse-gpt-rope-v1" and checkpoint["config"]["rope_theta"] == 1000.0
@@ -236,7 +236,7 @@ def test_main_trains_resumes_and_samples(tmp_path, capsys):
     assert len(texts) == 1 and texts[0].startswith("First") and len(texts[0]) == 45
     # A gpt.py checkpoint has a position table this model lacks: it is refused with a sentence, not a traceback.
     gpt.main(TINY_RUN[:-2] + ["--data_dir", str(data), "--out_dir", str(tmp_path / "learned"), "--max_iters", "1"])
-    with pytest.raises(SystemExit, match="not a nanoverse-gpt-rope-v1 checkpoint"):
+    with pytest.raises(SystemExit, match="nanoverse-gpt-v1 checkpoint, not nanoverse-gpt-rope-v1"):
         gpt_rope.main(["--sample", "--out_dir", str(tmp_path / "learned"), "--device", "cpu"])
 
 
@@ -248,8 +248,7 @@ def test_default_out_dir_differs_from_gpt():
 # The shared code: gpt_rope.py is gpt.py plus RoPE, and nothing else.
 
 # The pieces RoPE has to touch; everything else must stay character for character as in gpt.py.
-CHANGED_FOR_ROPE = {"Config", "CausalSelfAttention", "GPT", "check_model_config", "flops_per_token",
-                    "load_checkpoint", "load_tokenizer", "rotary_tables", "rotate_half", "sinusoidal_positions"}
+CHANGED_FOR_ROPE = {"Config", "CausalSelfAttention", "GPT", "check_config", "rotary_tables", "rotate_half"}
 
 
 def module_pieces(module):

@@ -38,6 +38,8 @@ NOTEBOOK_ARGS = {
     "finetune_gpt2": (TINY_GPT2, ["--init_from", "tiny-gpt2", "--max_steps", "2", "--block_size", "32", "--batch_size",
                                   "2", "--eval_batches", "1", "--bleu_samples", "2", "--max_new_tokens", "4",
                                   "--num_return_sequences", "1", "--log_interval", "1", "--save_hf", "hf"]),
+    "tune": (PREPARE_CHARS, ["--trials", "1", "--block_size", "16", "--batch_size", "16", "--max_iters", "2",
+                             "--eval_interval", "2"]),
     "embeddings_pca": ("", ["--input", os.path.join(MIRROR, "poetry_lyrics", "beatles.txt"), "--min_count", "2",
                             "--dim", "10", "--plot_words", "love,night,day,heart"]),
 }

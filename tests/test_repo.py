@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ROOT
 
-SCRIPTS = ["bpe", "prepare_data", "gpt", "gpt_rope", "seq2seq_rnn", "finetune_gpt2", "embeddings_pca"]
+SCRIPTS = ["bpe", "prepare_data", "gpt", "gpt_rope", "seq2seq_rnn", "finetune_gpt2", "embeddings_pca", "tune"]
 
 
 def test_ci_runs_the_readme_test_command():
