@@ -906,7 +906,7 @@ def download(url, path, sha256=None, hint="pass a local Hugging Face folder with
                     digest.update(chunk)
                     bar.update(len(chunk))
         if size >= 0 and file.tell() != size:
-            raise CheckpointError(f"{path.name}: the download stopped after {file.tell():,} of {size:,} bytes; rerun")
+            raise CheckpointError(f"the download of {path.name} stopped after {file.tell():,} of {size:,} bytes: retry")
         if (sha256 or redirects.sha256) not in (None, digest.hexdigest()):
             raise CheckpointError(f"{path.name} arrived corrupt (its sha256 is not the published one): run again")
 
