@@ -269,13 +269,13 @@ def read_safetensors(path):
         header.pop("__metadata__", None)
         data_size, spans = size - 8 - header_length, []
         for name, info in header.items():
-            info = info if isinstance(info, dict) else {}
-            shape, offsets, dtype = info.get("shape"), info.get("data_offsets"), info.get("dtype")
-            if not (isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2 and all(
-                    isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape + offsets)):
-                raise refuse(f"tensor {name!r} needs a shape and two data_offsets, all non-negative integers")
-            if dtype not in SAFETENSORS_DTYPES:
-                raise refuse(f"tensor {name!r} has dtype {dtype!r}; only {', '.join(SAFETENSORS_DTYPES)} are read here")
+            shape, offsets, dtype = (info.get(key) if isinstance(info, dict) else None
+                                     for key in ("shape", "data_offsets", "dtype"))
+            integers = isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape + offsets)
+            if dtype not in SAFETENSORS_DTYPES or not integers:
+                raise refuse(f"tensor {name!r} needs a dtype of {', '.join(SAFETENSORS_DTYPES)} (not {dtype!r}), "
+                             f"a shape and two data_offsets, all non-negative integers")
             begin, end = offsets
             if not begin <= end <= data_size:
                 raise refuse(f"tensor {name!r} has data_offsets {offsets} outside the {data_size:,} data bytes")
@@ -299,7 +299,6 @@ def read_safetensors(path):
 
 
 def write_safetensors(tensors, file):
-    """Write {name: tensor} to an open binary file in the safetensors format."""
     names = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
     header, offset = {"__metadata__": {"format": "pt"}}, 0
@@ -344,8 +343,7 @@ def load_weights(model, state, source):
         if tensor.shape != ours[name].shape:
             raise CheckpointError(f"{source}: {name} has shape {tuple(tensor.shape)}, the config implies "
                                   f"{tuple(ours[name].shape)}; config.json and the weights disagree")
-    # The file's tensors become the parameters (assign), so the weights are never twice in memory; float16 and
-    # bfloat16 checkpoints are widened to float32.
+    # assign: the file's tensors become the parameters, never twice in memory; float16 and bfloat16 widen to float32.
     model.load_state_dict({name: t.float().contiguous() for name, t in mapped.items()}, strict=False, assign=True)
     model.lm_head.weight = model.transformer.wte.weight  # assign replaced wte's Parameter: tie the two again
 
@@ -356,8 +354,8 @@ GPT2_ARCHITECTURE = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_id
 
 
 def config_from_hf(hf, source):
-    """GPTConfig from the dict of a Hugging Face GPT-2 config.json; refuse what the block cannot compute, and sizes no
-    GPT-2 has (a crafted file could otherwise make the constructor allocate terabytes before any weight is read)."""
+    """GPTConfig from a config.json's dict. Sizes no GPT-2 has are refused before anything is allocated: a crafted
+    file could otherwise make the constructor ask for terabytes."""
     if not isinstance(hf, dict) or hf.get("model_type", "gpt2") != "gpt2":
         what = f"a {hf['model_type']!r} model" if isinstance(hf, dict) else f"a JSON {type(hf).__name__}"
         raise CheckpointError(f"{source} holds {what}, not the config.json of a GPT-2")
@@ -366,22 +364,19 @@ def config_from_hf(hf, source):
     for name, value in size.items():
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 10_000_000:
             raise CheckpointError(f"{source} gives {name} = {value!r}; it must be a whole number from 1 to 10,000,000")
-    n_embd, n_inner = size["n_embd"], hf.get("n_inner") or 4 * size["n_embd"]  # null means 4 x n_embd
-    epsilon, activation = hf.get("layer_norm_epsilon", 1e-5), hf.get("activation_function", "gelu_new")
-    if n_embd % size["n_head"]:
-        raise CheckpointError(f"{source}: n_embd ({n_embd}) must be divisible by n_head ({size['n_head']})")
-    if not isinstance(n_inner, int) or n_inner % n_embd or activation not in ACTIVATIONS or not \
-            isinstance(epsilon, (int, float)) or not epsilon > 0 or any(hf.get(key, value) != value
-                                                                         for key, value in GPT2_ARCHITECTURE.items()):
+    n_layer, n_head, n_embd, vocab_size, n_positions = size.values()
+    n_inner, epsilon = hf.get("n_inner") or 4 * n_embd, hf.get("layer_norm_epsilon", 1e-5)  # null: 4 x n_embd
+    if n_embd % n_head:
+        raise CheckpointError(f"{source}: n_embd ({n_embd}) must be divisible by n_head ({n_head})")
+    if not isinstance(n_inner, int) or n_inner % n_embd or hf.get("activation_function", "gelu_new") not in \
+            ACTIVATIONS or not isinstance(epsilon, (int, float)) or not epsilon > 0 or any(
+            hf.get(key, value) != value for key, value in GPT2_ARCHITECTURE.items()):
         raise CheckpointError(f"{source} changes GPT-2's architecture (n_inner, activation, LayerNorm epsilon, "
                               f"attention scaling, cross-attention or untied embeddings) in a way not built here")
-    parameters = (4 * n_embd + 2 * n_inner) * n_embd * size["n_layer"] + (size["vocab_size"] + size["n_positions"]) \
-        * n_embd  # GPT-2 xl has 1.6 billion
-    if parameters > 2e10:
-        raise CheckpointError(f"{source} describes {parameters / 1e9:,.0f} billion parameters, far beyond any GPT-2")
-    return GPTConfig(vocab_size=size["vocab_size"], block_size=size["n_positions"], n_layer=size["n_layer"],
-                     n_head=size["n_head"], n_embd=n_embd, mlp_ratio=n_inner // n_embd, layer_norm_epsilon=epsilon,
-                     activation=ACTIVATIONS[activation])
+    if (parameters := (4 * n_embd + 2 * n_inner) * n_embd * n_layer + (vocab_size + n_positions) * n_embd) > 2e10:
+        raise CheckpointError(f"{source} describes {parameters / 1e9:,.0f} billion parameters, beyond any GPT-2's 1.6")
+    return GPTConfig(vocab_size, n_positions, n_layer, n_head, n_embd, mlp_ratio=n_inner // n_embd,
+                     layer_norm_epsilon=epsilon, activation=ACTIVATIONS[hf.get("activation_function", "gelu_new")])
 
 
 def config_to_hf(config):
@@ -416,9 +411,8 @@ def load_hf_folder(folder, dropout=0.0):
 # Documents (poems, songs, speeches) are separated by blank lines in the text, and by <|endoftext|> in the tokens, as
 # in GPT-2's own training data, so the model learns where a text ends.
 def split_documents(text, max_lines=32):
-    """Blank lines separate documents. A long one (a file of songs with no blank line between them, say) is cut into
-    passages of max_lines lines, the units of the train/validation split. Returns (passage, ends_document) pairs:
-    only a document's last passage is followed by <|endoftext|>."""
+    """(passage, ends_document) pairs: a long document (songs with no blank line between them) is cut into passages
+    of max_lines lines, the units of the train/validation split; only its last one is followed by <|endoftext|>."""
     passages = []
     for block in re.split(r"\n\s*\n", text.replace("\r\n", "\n")):
         lines = [line.rstrip() for line in block.split("\n") if line.strip()]
@@ -428,8 +422,7 @@ def split_documents(text, max_lines=32):
 
 
 def encode_documents(passages, encoding):
-    """Token ids of (passage, ends_document) pairs: <|endoftext|> after a document's end, and a newline where the next
-    passage goes on with the same document."""
+    """Token ids: <|endoftext|> after a document's end, a newline where the next passage continues the document."""
     ids, newline = [], encoding.encode_ordinary("\n")
     for passage, ends_document in passages:
         ids += encoding.encode_ordinary(passage) + ([encoding.eot_token] if ends_document else newline)
@@ -437,9 +430,8 @@ def encode_documents(passages, encoding):
 
 
 def split_passages(passages, val_fraction, seed):
-    """A seeded split of the passages into (train, validation), each side kept in reading order. A validation passage
-    whose text is also in training (a chorus sung twice) is dropped: it would be scored as unseen text. Where a document
-    continues on the other side, its text breaks here, so the passage before the break ends with <|endoftext|>."""
+    """A seeded (train, validation) split, each in reading order. A validation passage also in training (a chorus sung
+    twice) is dropped: it is not unseen text. A document broken by the split gets <|endoftext|> at the break."""
     order = np.random.default_rng(seed).permutation(len(passages))
     val_ids = set(order[:max(1, round(len(passages) * val_fraction))].tolist())
     train_ids = [i for i in range(len(passages)) if i not in val_ids]
@@ -453,8 +445,8 @@ def split_passages(passages, val_fraction, seed):
 
 
 def read_token_folder(folder, encoding):
-    """train.bin and val.bin of `python prepare_data.py NAME --tokenizer gpt2`, read through np.memmap (the token ids
-    stay on disk until a window needs them), and the validation documents as text for BLEU."""
+    """prepare_data.py's train.bin and val.bin through np.memmap (ids stay on disk until a window needs them), and
+    the validation documents as text for BLEU."""
     hint = "run `python prepare_data.py lyrics --tokenizer gpt2 --input DIR` (or your dataset) first"
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
@@ -473,8 +465,7 @@ def read_token_folder(folder, encoding):
 
 
 def load_corpus(config, encoding):
-    """(training ids, validation ids, validation documents as text, where they came from): prepare_data.py's token
-    files (--data_dir), or text (--input, else Tiny Shakespeare) split into passages here."""
+    """(train ids, validation ids, validation documents, source) from --data_dir, --input or Tiny Shakespeare."""
     if config.data_dir:
         (train, val, val_documents), source = read_token_folder(Path(config.data_dir), encoding), config.data_dir
     else:
@@ -492,9 +483,8 @@ def load_corpus(config, encoding):
 
 
 class TokenWindows(Dataset):
-    """Consecutive windows of block_size + 1 tokens (neighbours share one): x is the window, y the same shifted by
-    one, so every token is a target once. A DataLoader draws them in batches: through a RandomSampler for training,
-    a SequentialSampler for evaluation."""
+    """Consecutive windows of block_size + 1 tokens (neighbours share one): x, and y shifted by one, so every token is
+    a target once. A DataLoader batches them (RandomSampler to train, SequentialSampler to evaluate)."""
 
     def __init__(self, tokens, block_size):
         self.tokens, self.block_size = tokens, block_size
@@ -512,12 +502,8 @@ CHECKPOINT_FORMAT = "nanoverse-finetune-gpt2-v2"
 
 # %% Fine-tuning: the loop that trains GPT-2 from scratch, started from its weights, with a small learning rate
 def learning_rate_at(step, total_steps, config):
-    """Linear warmup up to learning_rate, then a straight line that would reach 0 at step total_steps.
-
-    Steps count from 0, so the first step already moves (at learning_rate / warmup_steps) and the last one, number
-    total_steps - 1, still takes learning_rate / (total_steps - warmup_steps): no step is spent at a rate of 0.
-    Hugging Face's get_linear_schedule_with_warmup decays the same way.
-    """
+    """Linear warmup, then linear decay towards 0 at step total_steps (as Hugging Face's linear schedule). Steps count
+    from 0: the first moves at learning_rate / warmup_steps, and the last one's rate is still above 0."""
     if step < config.warmup_steps:
         return config.learning_rate * (step + 1) / config.warmup_steps
     return config.learning_rate * max(0.0, (total_steps - step) / max(1, total_steps - config.warmup_steps))
@@ -533,16 +519,10 @@ def make_optimizer(model, config, device):
                              fused=device.type in ("cuda", "cpu"))
 
 
-def random_states():
-    """The global generators that dropout draws from (the CPU's and each GPU's)."""
-    return {"rng": torch.get_rng_state()} | ({"cuda_rng": torch.cuda.get_rng_state_all()}
-                                             if torch.cuda.is_available() else {})
-
-
 def finetune(model, train_tokens, val_tokens, config, device, autocast, scaler, checkpoint=None, log=print,
              on_sample=None, rank=0, world_size=1):
-    """Train model in place for config.epochs, or exactly config.max_steps steps when that is set (it wins, as in
-    Hugging Face's Trainer). After each epoch: evaluate, log, save out_dir/ckpt.pt. Returns (steps, epochs) done."""
+    """Train for config.epochs, or config.max_steps steps when set (it wins, as in Hugging Face's Trainer); after each
+    epoch evaluate, log, save out_dir/ckpt.pt. Returns (steps, epochs) done."""
     raw_model = model  # the plain module: checkpoints, evaluation and samples use it, never the compiled/DDP wrapper
     if config.freeze_layers:  # the embeddings (so the tied output layer too) and the lowest blocks keep GPT-2's weights
         for module in [model.transformer.wte, model.transformer.wpe, *model.transformer.h[:config.freeze_layers]]:
@@ -559,14 +539,14 @@ def finetune(model, train_tokens, val_tokens, config, device, autocast, scaler, 
         raise SystemExit(f"error: the training split has {len(train_set)} windows of {config.block_size} tokens, "
                          f"fewer than one step takes ({windows_per_step}): use a smaller --batch_size or --block_size")
     total_steps = config.max_steps if config.max_steps > 0 else config.epochs * steps_per_epoch
-    step = 0
-    if checkpoint is not None:  # resuming: the optimizer's moments, the step and the random state, as saved
+    step = checkpoint["step"] if checkpoint else 0
+    if checkpoint:  # resuming: the optimizer's moments and the random state, as saved
         optimizer.load_state_dict(checkpoint["optimizer"])
-        step = checkpoint["step"]
         torch.set_rng_state(checkpoint["rng"])
-        if "cuda_rng" in checkpoint and len(checkpoint["cuda_rng"]) == torch.cuda.device_count():
+        if len(checkpoint["cuda_rng"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
-    rng_after_step = random_states()  # what a Ctrl-C saves: the state after the last finished step
+    # The generators dropout draws from (the CPU's, each GPU's) after the last finished step: what a Ctrl-C saves.
+    rng_after_step = {"rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all()}
     if config.compile:
         model = torch.compile(model)
     if world_size > 1:
@@ -611,7 +591,8 @@ def finetune(model, train_tokens, val_tokens, config, device, autocast, scaler, 
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
-                step, rng_after_step, seconds = step + 1, random_states(), time.time() - step_start
+                step, seconds = step + 1, time.time() - step_start
+                rng_after_step = {"rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all()}
                 bar.update(1)
                 if rank == 0 and (step % config.log_interval == 0 or step == total_steps):
                     tokens_per_sec = windows_per_step * config.block_size / seconds
