@@ -1,11 +1,10 @@
 """Fine-tune the real GPT-2 on verse, with its checkpoints read and written by hand.
 
 Transfer learning in one file: start from OpenAI's pretrained GPT-2 (Radford et al. 2019, "Language Models are
-Unsupervised Multitask Learners"), keep training it on a small corpus (Tiny Shakespeare by default, or your own poems
-or lyrics), and generate new verse from a prompt. There is no `transformers` here: the Hugging Face checkpoint format
-is read and written in the open (safetensors: an 8-byte header length, a JSON header, raw little-endian tensors;
-https://github.com/huggingface/safetensors), the weight names are mapped key by key onto the same GPT block that gpt.py
-uses, and the result is saved back as a folder that `transformers` and the Hugging Face Hub accept unchanged.
+Unsupervised Multitask Learners"), keep training it on a small corpus (Tiny Shakespeare by default, or your poems or
+lyrics), and generate verse from a prompt. No `transformers` here: the Hugging Face checkpoint (safetensors,
+https://github.com/huggingface/safetensors) is read and written in the open, mapped key by key onto gpt.py's GPT
+block, and saved back as a folder that `transformers` and the Hugging Face Hub accept unchanged.
 
 Run (a model is downloaded once into data/huggingface: distilgpt2 ~350 MB, gpt2 ~0.5 GB, gpt2-medium ~1.5 GB,
 gpt2-large ~3 GB, gpt2-xl ~6 GB; with no --input and no --data_dir the text is Tiny Shakespeare, shipped with the code):
@@ -117,9 +116,8 @@ class CheckpointError(ValueError):
 
 
 # %% The model: GPT-2, smallest piece first
-# Parameter names follow GPT-2's own checkpoint (wte, wpe, h.N.ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc,
-# mlp.c_proj, ln_f), so loading real GPT-2 weights is a key-by-key copy. The three classes below are gpt.py's,
-# character for character.
+# Parameter names follow GPT-2's own checkpoint (wte, wpe, h.N.ln_1, attn.c_attn, ...), so loading real GPT-2 weights
+# is a key-by-key copy. The three classes below are gpt.py's, character for character.
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention where position t may only look at positions <= t (Vaswani et al. 2017, sec. 3.2)."""
 
@@ -354,8 +352,7 @@ GPT2_ARCHITECTURE = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_id
 
 
 def config_from_hf(hf, source):
-    """GPTConfig from a config.json's dict. Sizes no GPT-2 has are refused before anything is allocated: a crafted
-    file could otherwise make the constructor ask for terabytes."""
+    """GPTConfig from a config.json; sizes no GPT-2 has are refused before a crafted file has terabytes allocated."""
     if not isinstance(hf, dict) or hf.get("model_type", "gpt2") != "gpt2":
         what = f"a {hf['model_type']!r} model" if isinstance(hf, dict) else f"a JSON {type(hf).__name__}"
         raise CheckpointError(f"{source} holds {what}, not the config.json of a GPT-2")
@@ -390,9 +387,9 @@ def config_to_hf(config):
 
 def load_hf_folder(folder, dropout=0.0):
     """GPT from a Hugging Face GPT-2 folder: config.json and model.safetensors (or an older pytorch_model.bin)."""
-    config_path, safetensors, pickle = (Path(folder) / name for name in
-                                        ("config.json", "model.safetensors", "pytorch_model.bin"))
-    if not config_path.is_file() or not (safetensors.is_file() or pickle.is_file()):
+    config_path, weights = Path(folder) / "config.json", Path(folder) / "model.safetensors"
+    weights = weights if weights.is_file() else Path(folder) / "pytorch_model.bin"
+    if not config_path.is_file() or not weights.is_file():
         raise CheckpointError(f"{folder} holds no config.json and model.safetensors (or pytorch_model.bin): pass a "
                               f"Hugging Face GPT-2 folder (not sharded), or one of {', '.join(HUB_MODELS)}")
     try:
@@ -401,9 +398,8 @@ def load_hf_folder(folder, dropout=0.0):
         raise CheckpointError(f"{config_path} is not a GPT-2 config.json ({error})") from None
     with torch.device("meta"):  # shapes only: no memory, no random initialisation, as the file holds every weight
         model = GPT(dataclasses.replace(config_from_hf(hf, config_path), dropout=dropout))
-    state = read_safetensors(safetensors) if safetensors.is_file() else \
-        read_torch_file(pickle, "prefer model.safetensors, or download the file again")
-    load_weights(model, state, safetensors if safetensors.is_file() else pickle)
+    load_weights(model, read_safetensors(weights) if weights.suffix == ".safetensors" else
+                 read_torch_file(weights, "prefer model.safetensors, or download the file again"), weights)
     return model
 
 
@@ -445,8 +441,7 @@ def split_passages(passages, val_fraction, seed):
 
 
 def read_token_folder(folder, encoding):
-    """prepare_data.py's train.bin and val.bin through np.memmap (ids stay on disk until a window needs them), and
-    the validation documents as text for BLEU."""
+    """train.bin, val.bin (np.memmap: ids stay on disk until a window needs them) and the val documents for BLEU."""
     hint = "run `python prepare_data.py lyrics --tokenizer gpt2 --input DIR` (or your dataset) first"
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
@@ -563,8 +558,7 @@ def finetune(model, train_tokens, val_tokens, config, device, autocast, scaler, 
     try:
         while step < total_steps:
             epoch = step // steps_per_epoch
-            # The order of the windows depends only on the seed and the epoch, so a resumed run sees the same batches.
-            # The loader draws from its own generator, not from the global one that dropout uses.
+            # The order depends only on seed and epoch (its own generator, not dropout's): a resumed run sees the same.
             order = torch.Generator().manual_seed(config.seed + epoch)
             sampler = RandomSampler(train_set, generator=order) if world_size == 1 else \
                 torch.utils.data.DistributedSampler(train_set, world_size, rank, seed=config.seed + epoch)
@@ -669,11 +663,8 @@ def choose_next_token(logits, context, temperature=1.0, top_k=0, top_p=1.0, repe
 
 @torch.inference_mode()  # no_grad, and also no version counters or view tracking: a little less work per operation
 def generate(model, idx, max_new_tokens, eot_id=None, use_cache=True, generator=None, **decoding):
-    """Append up to max_new_tokens tokens to idx (B, T); rows that produced eot_id are padded with it.
-
-    With the KV cache each step feeds only the newest token through the network. When the context reaches
-    block_size, the window slides forward by half a window and the cache is rebuilt: learned positions are absolute.
-    """
+    """Append up to max_new_tokens tokens to idx (B, T), padding rows that produced eot_id. With the KV cache only the
+    newest token goes through; past block_size the window slides by half (learned positions are absolute)."""
     model.eval()
     block_size = model.config.block_size
     window_start, past_kv = max(0, idx.size(1) - block_size), None
@@ -698,8 +689,7 @@ DECODING = ("temperature", "top_k", "top_p", "repetition_penalty", "no_repeat_ng
 
 
 def sample_texts(model, encoding, prompt, config, device, seed):
-    """num_return_sequences continuations of prompt, cut at <|endoftext|>; one for greedy decoding, whose copies
-    would all be the same."""
+    """num_return_sequences continuations of prompt, cut at <|endoftext|> (one for greedy decoding: all the same)."""
     prompt_ids = encoding.encode(prompt, allowed_special={EOT}) or [encoding.eot_token]
     idx = torch.tensor([prompt_ids] * (1 if config.temperature == 0 else config.num_return_sequences), device=device)
     out = generate(model, idx, config.max_new_tokens, eot_id=encoding.eot_token,
@@ -715,8 +705,7 @@ def sample_texts(model, encoding, prompt, config, device, seed):
 def evaluate_loss(model, tokens, config, device, autocast):
     """Mean cross-entropy per token over the validation windows (the first eval_batches batches, in order)."""
     windows = TokenWindows(tokens, config.block_size)
-    # Its own generator: starting a loader draws a seed, and from the global generator that would move training's
-    # dropout masks, so that an evaluation would change what the next steps learn.
+    # Its own generator: a loader draws a seed, which from the global one would move training's dropout masks.
     loader = DataLoader(windows, config.batch_size, sampler=SequentialSampler(windows), generator=torch.Generator())
     was_training, total_loss, total_tokens = model.training, 0.0, 0
     model.eval()
@@ -731,8 +720,7 @@ def evaluate_loss(model, tokens, config, device, autocast):
 
 
 def tokenize_13a(line):
-    """sacrebleu's default tokenisation, the one of WMT's mteval-v13a.pl: split off punctuation and symbols, and
-    periods and commas unless they sit between digits."""
+    """sacrebleu's default (WMT's mteval-v13a.pl): split off symbols, and periods and commas unless between digits."""
     line = line.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
     line = line.replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
     line = re.sub(r"([\{-\~\[-\` -\&\(-\+\:-\@\/])", r" \1 ", f" {line} ")
@@ -746,9 +734,8 @@ def ngram_counts(words, n):
 
 
 def corpus_bleu(hypotheses, references, max_order=4):
-    """Corpus BLEU in 0..100 (Papineni et al. 2002) as sacrebleu computes it by default: 13a tokens, n-gram
-    precisions clipped by the reference counts and summed over the corpus, the geometric mean of 1- to 4-gram
-    precisions, 'exp' smoothing for orders with no match, and the brevity penalty."""
+    """Corpus BLEU in 0..100 (Papineni et al. 2002) as sacrebleu's default: 13a tokens, clipped n-gram precisions summed
+    over the corpus, their geometric mean, 'exp' smoothing for orders with no match, and the brevity penalty."""
     correct, total, hypothesis_length, reference_length = [0] * max_order, [0] * max_order, 0, 0
     for hypothesis, reference in zip(hypotheses, references, strict=True):
         hyp_words, ref_words = tokenize_13a(hypothesis.rstrip()), tokenize_13a(reference.rstrip())
@@ -776,9 +763,8 @@ def distinct_n(texts, n):
 
 
 def bleu_passages(documents, config):
-    """(prompt, reference) pairs: bleu_prompt_lines lines of a held-out document, then the next lines. The first
-    passage of every document comes first; only when there are fewer documents than bleu_samples (a few long ones,
-    such as one file per artist) do later passages of the same documents follow, round by round."""
+    """(prompt, reference) pairs: bleu_prompt_lines lines of a held-out document, then the next lines. Every
+    document's first passage comes first; later ones follow round by round (a few long documents: a file per artist)."""
     needed, k = config.bleu_prompt_lines + config.bleu_reference_lines, config.bleu_prompt_lines
     documents = [[line for line in document.split("\n") if line.strip()] for document in documents]
     passages = [lines[start:start + needed] for start in range(0, max(map(len, documents), default=0), needed)
@@ -787,9 +773,8 @@ def bleu_passages(documents, config):
 
 
 def measure(model, encoding, val_tokens, pairs, config, device, autocast):
-    """Validation loss and perplexity; BLEU of greedy continuations against the real next lines of held-out passages,
-    and distinct-1/2 of those continuations (None: nothing to measure). --repetition_penalty and
-    --no_repeat_ngram_size apply, so the scores show the decoding you chose."""
+    """Validation loss and perplexity; BLEU of greedy continuations against the real next lines, and their distinct-1/2
+    (None: nothing to measure). --repetition_penalty and --no_repeat_ngram_size apply: the scores show your decoding."""
     val_loss = evaluate_loss(model, val_tokens, config, device, autocast)
     scores = {"val_loss": val_loss, "val_ppl": math.exp(val_loss), "bleu": None, "distinct_1": None, "distinct_2": None}
     hypotheses = []
@@ -808,20 +793,17 @@ def measure(model, encoding, val_tokens, pairs, config, device, autocast):
 
 
 # %% Saving a folder that transformers and the Hugging Face Hub read as is
-# GPT-2's tokenizer is two files, which tiktoken downloaded (and cached) to build its encoding: encoder.json (token
-# string -> id) and vocab.bpe (the 50,000 merges in rank order). Hugging Face keeps the very same files under the
-# names vocab.json and merges.txt, so they are copied, not rebuilt.
+# GPT-2's tokenizer is the two files tiktoken downloaded and cached: encoder.json (token -> id) and vocab.bpe (the
+# 50,000 merges in rank order); Hugging Face names the very same files vocab.json and merges.txt: copied, not rebuilt.
 TOKENIZER_FILES = {"vocab.json": "encoder.json", "merges.txt": "vocab.bpe"}
 TOKENIZER_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
 HF_FILES = {"config.json", "model.safetensors", "tokenizer_config.json", "README.md", *TOKENIZER_FILES}
 
 
 def save_hf_folder(model, folder, card=""):
-    """config.json, model.safetensors, the tokenizer files and README.md (the model card), written into a temporary
-    folder beside the target and renamed into place only when complete: a crash or Ctrl-C never leaves half a model.
-    The target must be new, empty, or an earlier output of this function (check_config makes sure)."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    """config.json, model.safetensors, the tokenizer files and README.md (the model card), built in a temporary folder
+    beside the target (new, empty or an earlier output) and renamed: a crash or Ctrl-C never leaves half a model."""
+    (folder := Path(folder)).parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".part"))
     old = building.with_suffix(".old")
     try:
@@ -863,8 +845,7 @@ def write_atomically(path, write):
 
 
 class Redirects(urllib.request.HTTPRedirectHandler):
-    """Redirects, never from https to http; the Hub's X-Linked-Etag (a large file's sha256) is kept for the check."""
-    sha256 = None
+    sha256 = None  # redirects, never from https to http; the Hub's X-Linked-Etag (a large file's sha256) is kept
 
     def redirect_request(self, request, file, code, message, headers, new_url):
         if request.full_url.startswith("https:") and not new_url.startswith("https:"):
@@ -905,15 +886,13 @@ def download(url, path, sha256=None, hint="pass a local Hugging Face folder with
 # gpt2-medium (355M), gpt2-large (774M), gpt2-xl (1.5B), distilgpt2 (82M: 6 layers distilled from gpt2, Sanh et al.).
 HUB_MODELS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")} | \
     {"distilgpt2": "distilbert/distilgpt2"}
-# Tiny Shakespeare (Karpathy's char-rnn: 40,000 lines of the plays, public domain) ships gzip-compressed beside this
-# script; a script pasted alone (Colab) downloads it once, checked against the sha256 of the text.
+# Tiny Shakespeare (char-rnn's 40,000 lines of plays, public domain) ships beside this script; pasted alone: downloaded.
 SHAKESPEARE_GZ = Path(globals().get("__file__", "finetune_gpt2.py")).parent / "datasets/tinyshakespeare.txt.gz"
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 
 
 def read_texts(config):
-    """([the text of each file], source): the .txt files --input names, or else Tiny Shakespeare."""
     if not config.input and SHAKESPEARE_GZ.is_file():
         return [gzip.decompress(SHAKESPEARE_GZ.read_bytes()).decode("utf-8")], str(SHAKESPEARE_GZ)
     path = Path(config.input) if config.input else \
@@ -953,7 +932,6 @@ def comparison_table(before, after, columns, config, pairs):
 
 
 def model_card(model, config, steps, epochs=0, table=""):
-    """A short Hugging Face model card: the base model, the data, the steps, the scores and the licenses."""
     hub_id, base = HUB_MODELS.get(config.init_from), Path(config.init_from).name  # a local path may be private
     data = f"`{Path(config.input or config.data_dir).name}`" if config.input or config.data_dir else "Tiny Shakespeare"
     size = f"{model.config.n_layer}-layer GPT-2 ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)"
@@ -968,8 +946,7 @@ def model_card(model, config, steps, epochs=0, table=""):
 
 
 def plot_losses(log_path, png_path):
-    """The training loss at each logged step and the validation loss at each evaluation (at step 0: before
-    fine-tuning), read from log.jsonl, so that a resumed run's picture shows the whole run."""
+    """Training and validation loss (step 0: before fine-tuning) from log.jsonl: a resumed run shows the whole run."""
     from matplotlib.figure import Figure  # no pyplot: no window, and a notebook's own plotting stays as it was
     lines = log_path.read_text(encoding="utf-8").splitlines()
     records = [json.loads(line) for line in lines if line.endswith("}")]  # not a line that a crash cut short
