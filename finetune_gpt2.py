@@ -12,13 +12,12 @@ gpt2-large ~3 GB, gpt2-xl ~6 GB; with no --input and no --data_dir the text is T
     python finetune_gpt2.py --init_from gpt2 --input my_poems.txt --epochs 3 --save_hf out-poems/hf  # GPU, your verse
     torchrun --nproc_per_node=4 finetune_gpt2.py --init_from gpt2-medium --data_dir data/lyrics  # 4 GPUs, DDP
     python finetune_gpt2.py --mode generate --init_from out-poems/hf --prompt "Walking down the road of life"
-    Colab: !python finetune_gpt2.py --max_steps 200      (or upload a .txt of poems and add --input poems.txt)
+    Colab: upload finetune_gpt2.py and prepare_data.py, then  !python finetune_gpt2.py --max_steps 200  (--input a.txt)
 """
 
 import argparse
 import dataclasses
 import difflib
-import gzip
 import hashlib
 import http.client
 import inspect
@@ -45,13 +44,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 from tqdm import tqdm
 
+import prepare_data  # beside this script: Tiny Shakespeare and the text-file reader
+
 
 @dataclasses.dataclass
 class Config:
     # --- what to start from, what to read, where to write
     mode: str = "finetune"  # finetune (evaluate, train, evaluate again, save), generate (samples only) or evaluate
     init_from: str = "gpt2"  # gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, a Hugging Face folder, or resume
-    input: str = ""  # a .txt file or a folder of them to fine-tune on; with no --data_dir either: Tiny Shakespeare
+    input: str = ""  # a .txt file or a folder of them (read as prepare_data.py reads text); none: Tiny Shakespeare
     data_dir: str = ""  # or token files from `python prepare_data.py lyrics --tokenizer gpt2 --input DIR`
     cache_dir: str = "data/huggingface"  # downloaded GPT-2 checkpoints are kept here
     out_dir: str = "out-finetune"  # checkpoint (ckpt.pt), log.jsonl, loss.png
@@ -464,7 +465,14 @@ def load_corpus(config, encoding):
     if config.data_dir:
         (train, val, val_documents), source = read_token_folder(Path(config.data_dir), encoding), config.data_dir
     else:
-        texts, source = read_texts(config)
+        if config.input and not (Path(config.input).is_file() or any(Path(config.input).rglob("*.txt"))):
+            raise SystemExit(f"error: --input {config.input} is neither a .txt file nor a folder of .txt files")
+        # Text files as prepare_data.py reads them (UTF-8, a warning for bytes that are not), or the shipped text.
+        shipped = prepare_data.SHAKESPEARE["shipped"]  # a script pasted alone downloads it instead
+        documents, source, _ = prepare_data.read_documents(Path(config.input), prepare_data.Config("custom")) \
+            if config.input else ([{"text": prepare_data.tiny_shakespeare()}], str(shipped) if shipped.is_file() else
+                                  "Tiny Shakespeare", None)
+        texts = [document["text"] for document in documents if isinstance(document["text"], str)]
         passages = [passage for text in texts for passage in split_documents(text)]
         train_passages, val_passages = split_passages(passages, config.val_fraction, config.seed)
         train, val = encode_documents(train_passages, encoding), encode_documents(val_passages, encoding)
@@ -855,8 +863,8 @@ class Redirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(request, file, code, message, headers, new_url)
 
 
-def download(url, path, sha256=None, hint="pass a local Hugging Face folder with --init_from DIR"):
-    """url into path, once: a .part file takes the name when its length and sha256 (given or published) match."""
+def download(url, path):
+    """url into path, once: a .part file takes the name when its length and its sha256 (where published) match."""
     path, redirects = Path(path), Redirects()
 
     def fetch(file):
@@ -869,7 +877,7 @@ def download(url, path, sha256=None, hint="pass a local Hugging Face folder with
                     bar.update(len(chunk))
         if size >= 0 and file.tell() != size:
             raise CheckpointError(f"the download of {path.name} stopped after {file.tell():,} of {size:,} bytes: retry")
-        if (sha256 or redirects.sha256) not in (None, digest.hexdigest()):
+        if redirects.sha256 not in (None, digest.hexdigest()):
             raise CheckpointError(f"{path.name} arrived corrupt (its sha256 is not the published one): run again")
 
     if not path.is_file():
@@ -878,7 +886,7 @@ def download(url, path, sha256=None, hint="pass a local Hugging Face folder with
             write_atomically(path, fetch)
         except (OSError, http.client.HTTPException) as error:  # urllib's URLError is an OSError
             raise CheckpointError(f"could not download {url} ({getattr(error, 'reason', error)}): check the network, "
-                                  f"or {hint}") from None
+                                  f"or pass a local Hugging Face folder with --init_from DIR") from None
     return path
 
 
@@ -886,26 +894,6 @@ def download(url, path, sha256=None, hint="pass a local Hugging Face folder with
 # gpt2-medium (355M), gpt2-large (774M), gpt2-xl (1.5B), distilgpt2 (82M: 6 layers distilled from gpt2, Sanh et al.).
 HUB_MODELS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")} | \
     {"distilgpt2": "distilbert/distilgpt2"}
-# Tiny Shakespeare (char-rnn's 40,000 lines of plays, public domain) ships beside this script; pasted alone: downloaded.
-SHAKESPEARE_GZ = Path(globals().get("__file__", "finetune_gpt2.py")).parent / "datasets/tinyshakespeare.txt.gz"
-SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-
-
-def read_texts(config):
-    if not config.input and SHAKESPEARE_GZ.is_file():
-        return [gzip.decompress(SHAKESPEARE_GZ.read_bytes()).decode("utf-8")], str(SHAKESPEARE_GZ)
-    path = Path(config.input) if config.input else \
-        download(SHAKESPEARE_URL, "data/tinyshakespeare/input.txt", SHAKESPEARE_SHA256, "pass --input FILE")
-    files = sorted(path.glob("*.txt")) if path.is_dir() else [path] if path.is_file() else []
-    if not files:
-        raise SystemExit(f"error: --input {path} is neither a .txt file nor a folder of .txt files: name your text")
-    texts = []
-    for file in files:
-        texts.append((raw := file.read_bytes()).decode("utf-8", errors="replace"))
-        if texts[-1].count("\ufffd") > raw.count("\ufffd".encode()):
-            print(f"warning: {file} is not valid UTF-8; the bytes that are not were replaced by \ufffd")
-    return texts, str(path)
 
 
 def read_torch_file(path, what_to_do):

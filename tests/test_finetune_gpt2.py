@@ -24,6 +24,7 @@ import pytest
 import torch
 
 import finetune_gpt2 as ft
+import prepare_data
 from conftest import ROOT
 
 transformers = pytest.importorskip("transformers")
@@ -910,12 +911,12 @@ def test_temporary_files_get_unique_names_and_are_removed_on_failure(tmp_path):
 
 def test_default_corpus_is_tiny_shakespeare(small_run, tmp_path, monkeypatch, capsys, data_dir):
     shipped = tmp_path / "datasets" / "tinyshakespeare.txt.gz"
-    if ft.SHAKESPEARE_GZ.is_file():  # the repository ships the text: it is the one of the sha256 in the script
-        text = gzip.decompress(ft.SHAKESPEARE_GZ.read_bytes())
-        assert hashlib.sha256(text).hexdigest() == ft.SHAKESPEARE_SHA256
+    if prepare_data.SHAKESPEARE["shipped"].is_file():  # the repository ships the text: the one of the sha256
+        text = gzip.decompress(prepare_data.SHAKESPEARE["shipped"].read_bytes())
+        assert hashlib.sha256(text).hexdigest() == prepare_data.SHAKESPEARE["sha256"]
     shipped.parent.mkdir()
     shipped.write_bytes(gzip.compress((data_dir / "tinyshakespeare" / "input.txt").read_bytes()[:20000]))
-    monkeypatch.setattr(ft, "SHAKESPEARE_GZ", shipped)
+    monkeypatch.setitem(prepare_data.SHAKESPEARE, "shipped", shipped)  # finetune_gpt2.py reads it through prepare_data
     without_input = [arg for i, arg in enumerate(small_run) if "--input" not in small_run[max(i - 1, 0):i + 1]]
     ft.main(without_input + ["--out_dir", str(tmp_path / "out"), "--max_steps", "1", "--temperature", "0",
                              "--max_new_tokens", "2"])
