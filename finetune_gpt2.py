@@ -109,9 +109,6 @@ class GPTConfig:
     layer_norm_epsilon: float = 1e-5  # LayerNorm's epsilon
 
 
-EOT = "<|endoftext|>"
-
-
 class CheckpointError(ValueError):
     """A weights file or folder that cannot be used; the message is one sentence that says what to do."""
 
@@ -301,11 +298,9 @@ def write_safetensors(tensors, file):
     names = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
     header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name, tensor in tensors.items():
-        size = tensor.numel() * tensor.element_size()
+    for name, tensor in tensors.items():  # each tensor's bytes follow the one before: [offset, offset + its size)
         header[name] = {"dtype": names[tensor.dtype], "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + size]}
-        offset += size
+                        "data_offsets": [offset, offset := offset + tensor.nbytes]}
     header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
     header_bytes += b" " * (-len(header_bytes) % 8)  # pad with spaces so the tensor data starts 8-byte aligned
     file.write(len(header_bytes).to_bytes(8, "little") + header_bytes)
@@ -325,8 +320,7 @@ CAUSAL_MASK_BUFFERS = (".attn.bias", ".attn.masked_bias")
 def load_weights(model, state, source):
     """Copy a Hugging Face GPT-2 state dict into model, transposing the Conv1D weights; name every mismatch."""
     if not (isinstance(state, dict) and all(isinstance(t, torch.Tensor) for t in state.values())):
-        raise CheckpointError(f"{source} does not hold a state dict (names mapped to tensors): pass a Hugging Face "
-                              f"GPT-2 folder")
+        raise CheckpointError(f"{source} does not hold a state dict (names mapped to tensors): pass a GPT-2 folder")
     ours = {name: tensor for name, tensor in model.state_dict().items() if name != "lm_head.weight"}
     mapped = {}
     for key, tensor in state.items():
@@ -391,8 +385,7 @@ def load_hf_folder(folder, dropout=0.0):
     config_path, weights = Path(folder) / "config.json", Path(folder) / "model.safetensors"
     weights = weights if weights.is_file() else Path(folder) / "pytorch_model.bin"
     if not config_path.is_file() or not weights.is_file():
-        raise CheckpointError(f"{folder} holds no config.json and model.safetensors (or pytorch_model.bin): pass a "
-                              f"Hugging Face GPT-2 folder (not sharded), or one of {', '.join(HUB_MODELS)}")
+        raise CheckpointError(f"{folder} holds no config.json and model.safetensors: pass a GPT-2 folder or a Hub name")
     try:
         hf = json.loads(config_path.read_text(encoding="utf-8"))
     except ValueError as error:  # not JSON, or not UTF-8
@@ -500,9 +493,6 @@ class TokenWindows(Dataset):
         return window[:-1], window[1:]
 
 
-CHECKPOINT_FORMAT = "nanoverse-finetune-gpt2-v2"
-
-
 # %% Fine-tuning: the loop that trains GPT-2 from scratch, started from its weights, with a small learning rate
 def learning_rate_at(step, total_steps, config):
     """Linear warmup, then linear decay towards 0 at step total_steps (as Hugging Face's linear schedule). Steps count
@@ -550,8 +540,7 @@ def finetune(model, train_tokens, val_tokens, config, device, autocast, scaler, 
             torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
     # The generators dropout draws from (the CPU's, each GPU's) after the last finished step: what a Ctrl-C saves.
     rng_after_step = {"rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all()}
-    if config.compile:
-        model = torch.compile(model)
+    model = torch.compile(model) if config.compile else model
     if world_size > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -693,16 +682,13 @@ def generate(model, idx, max_new_tokens, eot_id=None, use_cache=True, generator=
     return idx
 
 
-DECODING = ("temperature", "top_k", "top_p", "repetition_penalty", "no_repeat_ngram_size")  # the flags generate reads
-
-
 def sample_texts(model, encoding, prompt, config, device, seed):
     """num_return_sequences continuations of prompt, cut at <|endoftext|> (one for greedy decoding: all the same)."""
-    prompt_ids = encoding.encode(prompt, allowed_special={EOT}) or [encoding.eot_token]
+    prompt_ids = encoding.encode(prompt, allowed_special={prepare_data.EOT}) or [encoding.eot_token]
     idx = torch.tensor([prompt_ids] * (1 if config.temperature == 0 else config.num_return_sequences), device=device)
-    out = generate(model, idx, config.max_new_tokens, eot_id=encoding.eot_token,
-                   generator=torch.Generator(device=device).manual_seed(seed),
-                   **{name: getattr(config, name) for name in DECODING})
+    out = generate(model, idx, config.max_new_tokens, encoding.eot_token, top_k=config.top_k, top_p=config.top_p,
+                   temperature=config.temperature, generator=torch.Generator(device=device).manual_seed(seed),
+                   repetition_penalty=config.repetition_penalty, no_repeat_ngram_size=config.no_repeat_ngram_size)
     rows = [row[:row.index(encoding.eot_token)] if encoding.eot_token in row else row
             for row in out[:, len(prompt_ids):].tolist()]
     return [prompt + encoding.decode(row) for row in rows]
@@ -789,7 +775,7 @@ def measure(model, encoding, val_tokens, pairs, config, device, autocast):
     for prompt, reference in pairs:
         prompt_ids = encoding.encode_ordinary(prompt)[-(model.config.block_size // 2):]
         out = generate(model, torch.tensor([prompt_ids], device=device), len(encoding.encode_ordinary(reference)) + 8,
-                       eot_id=encoding.eot_token, temperature=0.0, repetition_penalty=config.repetition_penalty,
+                       encoding.eot_token, temperature=0.0, repetition_penalty=config.repetition_penalty,
                        no_repeat_ngram_size=config.no_repeat_ngram_size)
         text = encoding.decode([t for t in out[0, len(prompt_ids):].tolist() if t != encoding.eot_token])
         hypotheses.append("\n".join(text.strip("\n").split("\n")[:config.bleu_reference_lines]))
@@ -822,7 +808,8 @@ def save_hf_folder(model, folder, card=""):
         for name, original in TOKENIZER_FILES.items():
             (building / name).write_bytes(tiktoken.load.read_file_cached(TOKENIZER_URL + original))
         tokenizer_config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": model.config.block_size,
-                            "bos_token": EOT, "eos_token": EOT, "unk_token": EOT, "add_prefix_space": False}
+                            "add_prefix_space": False,  # <|endoftext|> begins, ends and stands in for unknown text
+                            **dict.fromkeys(("bos_token", "eos_token", "unk_token"), prepare_data.EOT)}
         for name, text in (("config.json", json.dumps(config_to_hf(model.config), indent=2)),
                            ("tokenizer_config.json", json.dumps(tokenizer_config, indent=2)), ("README.md", card)):
             (building / name).write_text(text + "\n", encoding="utf-8")
@@ -894,6 +881,7 @@ def download(url, path):
 # gpt2-medium (355M), gpt2-large (774M), gpt2-xl (1.5B), distilgpt2 (82M: 6 layers distilled from gpt2, Sanh et al.).
 HUB_MODELS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")} | \
     {"distilgpt2": "distilbert/distilgpt2"}
+CHECKPOINT_FORMAT = "nanoverse-finetune-gpt2-v2"  # ckpt.pt of another version or script is refused
 
 
 def read_torch_file(path, what_to_do):
@@ -964,8 +952,12 @@ def check_config(config, saved=None):
               "max_steps": (config.max_steps == -1 or config.max_steps > 0, "-1 (train for --epochs) or a step count")}
     problems += [f"--{key} must be {rule}, not {getattr(config, key)}" for key, (ok, rule) in ranges.items() if not ok]
     hf_files = {p.name for p in Path(config.save_hf).iterdir()} if Path(config.save_hf or "-").is_dir() else set()
+    devices = ["auto", "cpu"] + ["mps"] * torch.backends.mps.is_available() + ["cuda"] * torch.cuda.is_available() + \
+        [f"cuda:{index}" for index in range(torch.cuda.device_count())]
     problems += [message for wrong, message in (
         (config.mode == "evaluate" and config.save_hf, "--save_hf is written by --mode finetune or generate only"),
+        (config.device not in devices,
+         f"--device {config.device} is not a device of this machine: use {', '.join(devices)}"),
         (int(os.environ.get("WORLD_SIZE", 1)) > 1 and config.mode != "finetune",
          f"--mode {config.mode} runs in one process: start it with python, not torchrun"),
         (config.input and config.data_dir, "pass --input (text files) or --data_dir (token files), not both"),
@@ -974,10 +966,9 @@ def check_config(config, saved=None):
         (saved and config.freeze_layers != saved["freeze_layers"],  # the optimizer's moments fit only those weights
          f"the run was trained with --freeze_layers {(saved or {}).get('freeze_layers')}: resume with that"),
         (config.mode == "finetune" and not saved and Path(config.out_dir, "ckpt.pt").exists(),
-         f"{config.out_dir} already holds a run (ckpt.pt): continue it with --init_from resume, or choose another "
-         f"--out_dir (or delete that one)"),
-        (hf_files not in (set(), HF_FILES), f"--save_hf {config.save_hf} holds other files: choose a new or empty "
-         f"folder (only a folder holding exactly an earlier --save_hf output is replaced)")) if wrong]
+         f"{config.out_dir} already holds a run (ckpt.pt): use --init_from resume, or pick another --out_dir"),
+        (hf_files not in (set(), HF_FILES),
+         f"--save_hf {config.save_hf} holds other files: choose a new or empty folder")) if wrong]
     for flag, folder in (("--out_dir", config.out_dir), ("--save_hf", config.save_hf)):
         existing = next((p for p in [Path(folder), *Path(folder).parents] if p.exists()), None) if folder else None
         problems += [f"{flag} {folder}: {existing} is a file, not a folder"] if existing and existing.is_file() else []
@@ -1037,11 +1028,6 @@ def run(config, typed):
             torch.cuda.set_device(config.device)
     if config.device == "auto":
         config.device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    kind, _, index = config.device.partition(":")
-    if not {"cpu": not index, "mps": torch.backends.mps.is_available() and not index, "cuda": torch.cuda.is_available()
-            and (not index or index.isdigit() and int(index) < torch.cuda.device_count())}.get(kind):
-        raise SystemExit(f"error: --device {config.device} is not a device of this machine: use auto, cpu, cuda, "
-                         f"cuda:N or mps")
     device, dtype = torch.device(config.device), config.dtype
     if dtype == "auto":  # bfloat16 keeps float32's range; float16 needs its gradients scaled up so they don't vanish
         dtype = "float32" if device.type != "cuda" else "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
