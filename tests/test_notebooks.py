@@ -20,6 +20,11 @@ MIRROR = os.environ.get("NANOVERSE_DATA", "")
 
 # Code run before main() in the last cell (data the run needs), and main's arguments: a few seconds per script.
 PREPARE_CHARS = 'import prepare_data\nprepare_data.main(["shakespeare_char", "--no-eda", "--samples", "0"])\n'
+# A tiny random GPT-2 (GPT-2's vocabulary, one block of width 32) in a Hugging Face folder: fine-tuned on the shipped
+# Tiny Shakespeare, the real loading, training, evaluation and saving code runs in seconds.
+TINY_GPT2 = ('import torch, transformers\ntorch.manual_seed(0)\ntorch.set_num_threads(1)\n'
+             'transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64))'
+             '.save_pretrained("tiny-gpt2")\n')
 NOTEBOOK_ARGS = {
     "bpe": ("", ["train", "--vocab_size", "300", "--out", "out/bpe", "--no-verbose"]),
     "prepare_data": ("", ["shakespeare_char", "--samples", "0", "--show_batches"]),
@@ -33,7 +38,9 @@ NOTEBOOK_ARGS = {
     "seq2seq_transformer": ("", ["--data_dir", os.path.join(MIRROR, "dakshina", "hi"), "--max_train_rows", "200",
                                  "--max_dev_rows", "20", "--epochs", "1", "--d_model", "16", "--d_ff", "32",
                                  "--beam_size", "2", "--heatmaps", "1"]),
-    "finetune_gpt2": ("", ["--help"]),
+    "finetune_gpt2": (TINY_GPT2, ["--init_from", "tiny-gpt2", "--max_steps", "2", "--block_size", "32", "--batch_size",
+                                  "2", "--eval_batches", "1", "--bleu_samples", "2", "--max_new_tokens", "4",
+                                  "--num_return_sequences", "1", "--log_interval", "1", "--save_hf", "hf"]),
     "tune": (PREPARE_CHARS, ["--trials", "1", "--block_size", "16", "--batch_size", "16", "--max_iters", "2",
                              "--eval_interval", "2"]),
     "embeddings_pca": ("", ["--input", os.path.join(MIRROR, "poetry_lyrics", "beatles.txt"), "--min_count", "2",
