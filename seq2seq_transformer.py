@@ -9,7 +9,7 @@ Xiong et al. 2020 (pre-LN), https://arxiv.org/abs/2002.04745; the Dakshina lexic
 
 Run:
   python prepare_data.py dakshina --lang hi        # once: data/dakshina/hi/
-  python seq2seq_transformer.py --max_minutes 20   # CPU: all done in 20 minutes, ~45% dev word accuracy (beam 5)
+  python seq2seq_transformer.py --max_minutes 20   # CPU: all done in 20 minutes, ~48% dev word accuracy (beam 5)
   python seq2seq_transformer.py --device cuda      # GPU; Colab: paste this file into a cell, or !python ...
   python seq2seq_transformer.py --translit "namaste duniya" --checkpoint out-seq2seq-transformer/best.pt
   python seq2seq_transformer.py --evaluate dev --checkpoint out-seq2seq-transformer/best.pt   # or test, or a .tsv
