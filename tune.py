@@ -120,8 +120,10 @@ def main(argv=None):
     study_dir.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
         study_name=study_dir.name, storage=args.storage or f"sqlite:///{Path(config.out_dir) / 'study.db'}",
-        load_if_exists=True, direction="minimize", sampler=optuna.samplers.TPESampler(seed=config.seed),
+        load_if_exists=True, direction="minimize",
         pruner=optuna.pruners.HyperbandPruner(min_resource=config.eval_interval, max_resource=config.max_iters))
+    # TPE draws its first settings at random: a resumed study seeds it anew, or it would draw the first trials again.
+    study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(study.trials))
     flags = json.dumps({"script": args.script, **typed}, sort_keys=True)  # what every trial of the study shares
     if study.user_attrs.get("flags", flags) != flags:
         raise SystemExit(f"error: study {study_dir.name} ran with {study.user_attrs['flags']}: resume it with those "

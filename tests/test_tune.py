@@ -85,6 +85,7 @@ def test_a_clearly_worse_trial_is_pruned_and_flags_pass_through(tmp_path, monkey
     assert len({(c.learning_rate, c.n_layer, c.mlp_ratio) for c in seen}) == 4
     # The same command with a larger --trials goes on; other flags are refused, and so is a searched one.
     assert len(tune.main(["--trials", "5", *flags]).trials) == 5
+    assert len({(c.learning_rate, c.n_layer, c.mlp_ratio) for c in seen}) == 5  # not the first trial's settings again
     with pytest.raises(SystemExit, match="resume it with those flags, or give a new --study_name"):
         tune.main(["--trials", "6", *flags, "--batch_size", "5"])
     with pytest.raises(SystemExit, match="tune.py searches learning_rate: leave it out"):
