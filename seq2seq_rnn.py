@@ -1,9 +1,9 @@
 """Character-level sequence-to-sequence transliteration: an RNN, GRU or LSTM encoder-decoder with attention.
 
-Type Hindi in Latin letters ("namaste"), get Devanagari ("नमस्ते"). An encoder RNN reads the input characters; a decoder
-RNN writes the output one character at a time, starting from the encoder's final state and looking back at every input
-character through attention. seq2seq_transformer.py solves the same task with the same data, metrics and command
-line, so `diff seq2seq_rnn.py seq2seq_transformer.py` shows what changes: the model.
+Type Hindi in Latin letters ("namaste"), get Devanagari ("नमस्ते"). An encoder RNN reads the input
+characters; a decoder RNN writes the output one character at a time, starting from the encoder's final state and looking
+back at every input character through attention. seq2seq_transformer.py solves the same task with the same data, metrics
+and command line, so `diff seq2seq_rnn.py seq2seq_transformer.py` shows what changes: the model.
 References: Sutskever et al. 2014, https://arxiv.org/abs/1409.3215; Bahdanau et al. 2015 (additive attention),
 https://arxiv.org/abs/1409.0473; Luong et al. 2015 (dot attention, input feeding), https://arxiv.org/abs/1508.04025
 

@@ -1,8 +1,8 @@
 """Character-level sequence-to-sequence transliteration with the original encoder-decoder Transformer.
 
-Type Hindi in Latin letters ("namaste"), get Devanagari ("नमस्ते"). The encoder lets every input character attend to
-every other; the decoder writes the output one character at a time, attending to what it has written (masked, so it
-never sees the future) and, through cross-attention, to the encoder's output. seq2seq_rnn.py solves the same task
+Type Hindi in Latin letters ("namaste"), get Devanagari ("नमस्ते"). The encoder lets every input character
+attend to every other; the decoder writes the output one character at a time, attending to what it has written (masked,
+so it never sees the future) and, through cross-attention, to the encoder's output. seq2seq_rnn.py solves the same task
 with the same data, metrics and command line, so `diff seq2seq_rnn.py seq2seq_transformer.py` shows what changes.
 References: Vaswani et al. 2017, "Attention Is All You Need", https://arxiv.org/abs/1706.03762 (section numbers below);
 Xiong et al. 2020 (pre-LN), https://arxiv.org/abs/2002.04745; the Dakshina lexicons, https://arxiv.org/abs/2007.01176
