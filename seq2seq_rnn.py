@@ -667,8 +667,8 @@ def parse_config(argv):
         argv = [] if "ipykernel" in sys.modules else sys.argv[1:]
     arguments, unknown = parser.parse_known_args(argv)
     if unknown:
-        close = difflib.get_close_matches(unknown[0].split("=")[0], [o for a in parser._actions for o in
-                                                                    a.option_strings])
+        close = {"--precision": ["--dtype"]}.get(unknown[0].split("=")[0]) or difflib.get_close_matches(  # renamed
+            unknown[0].split("=")[0], [o for a in parser._actions for o in a.option_strings])
         raise SystemExit(f"error: unrecognized arguments: {' '.join(unknown)}" + f"; did you mean {close[0]}?" * bool(
             close))
     return Config(**vars(arguments)), vars(arguments)

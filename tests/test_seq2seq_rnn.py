@@ -579,7 +579,8 @@ def test_bad_input_gets_one_clear_sentence(tmp_path):
                          (["--translit", "abc", "--evaluate", "dev"], 'give either --translit'),
                          (["--device", "gpu"], "--device gpu is not one this PyTorch can use here"),
                          (["--max_minute", "3"], "unrecognized arguments: --max_minute 3; did you mean --max_minutes?"),
-                         (["--hidden", "32"], "unrecognized arguments: --hidden 32; did you mean --hidden_size?")):
+                         (["--hidden", "32"], "unrecognized arguments: --hidden 32; did you mean --hidden_size?"),
+                         (["--precision", "float32"], "did you mean --dtype?")):  # the flag's earlier name
         with pytest.raises(SystemExit, match=named):
             s2s.main(run_options(tmp_path, "fresh", "--epochs", "1", *flags))
     result = subprocess.run([sys.executable, str(ROOT / "seq2seq_rnn.py"), "--translit", "abc", "--checkpoint",
