@@ -21,6 +21,7 @@ import difflib
 import hashlib
 import http.client
 import inspect
+import itertools
 import json
 import math
 import os
@@ -45,7 +46,6 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampl
 from tqdm import tqdm
 
 import prepare_data  # beside this script: Tiny Shakespeare and the text-file reader
-
 
 @dataclasses.dataclass
 class Config:
@@ -92,7 +92,6 @@ class Config:
     bleu_prompt_lines: int = 2  # the first lines of a passage are the prompt ...
     bleu_reference_lines: int = 2  # ... and the next lines are the reference continuation
 
-
 @dataclasses.dataclass
 class GPTConfig:
     # The shape of the network; it comes from the checkpoint (config.json), never from the command line.
@@ -108,10 +107,8 @@ class GPTConfig:
     mlp_ratio: int = 4  # MLP width over n_embd (n_inner / n_embd in config.json; null there means 4)
     layer_norm_epsilon: float = 1e-5  # LayerNorm's epsilon
 
-
 class CheckpointError(ValueError):
     """A weights file or folder that cannot be used; the message is one sentence that says what to do."""
-
 
 # %% The model: GPT-2, smallest piece first
 # Parameter names follow GPT-2's own checkpoint (wte, wpe, h.N.ln_1, attn.c_attn, ...), so loading real GPT-2 weights
@@ -164,7 +161,6 @@ class CausalSelfAttention(nn.Module):
         y = self.resid_dropout(self.c_proj(y))
         return y, present_kv
 
-
 class MLP(nn.Module):
     """The position-wise feed-forward network: widen mlp_ratio times (4 in GPT-2), non-linearity, project back."""
 
@@ -178,7 +174,6 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.dropout(self.c_proj(self.act(self.c_fc(x))))
-
 
 class Block(nn.Module):
     """One transformer block, pre-LayerNorm as in GPT-2: x + attn(ln(x)), then x + mlp(ln(x))."""
@@ -196,7 +191,6 @@ class Block(nn.Module):
         x = x + attn_out
         x = x + self.mlp(self.ln_2(x))
         return x, present_kv
-
 
 class GPT(nn.Module):
     """GPT-2: token and position embeddings, n_layer blocks, a final LayerNorm, and the tied output layer."""
@@ -236,15 +230,12 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
         return logits, loss, present_kv
 
-
 # %% Reading and writing GPT-2's weights: the safetensors format and the Hugging Face names
 # A .safetensors file is: 8 bytes (little-endian unsigned length N), N bytes of JSON
 # {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {..}}, then the raw tensor
 # bytes; offsets count from the end of the header. Nothing is executed on load (unlike a pickle), so the only danger
 # is a header that lies, and every claim in it is checked before a single tensor byte is read.
 SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-MAX_HEADER_BYTES = 100_000_000  # the safetensors library refuses longer headers too: a header is names and shapes
-
 
 def read_safetensors(path):
     """{name: tensor} from a .safetensors file; a file that breaks the format gets one CheckpointError sentence."""
@@ -253,7 +244,7 @@ def read_safetensors(path):
     size = Path(path).stat().st_size
     with open(path, "rb") as f:
         header_length = int.from_bytes(f.read(8), "little")
-        if size < 8 or header_length > min(MAX_HEADER_BYTES, size - 8):
+        if size < 8 or header_length > min(100_000_000, size - 8):  # the safetensors library's cap too
             raise refuse(f"its header claims {header_length:,} bytes, but after the 8-byte length it holds "
                          f"{max(0, size - 8):,} (truncated or corrupt); download it again")
         try:  # RecursionError: thousands of nested brackets, which would otherwise crash the JSON parser
@@ -270,8 +261,7 @@ def read_safetensors(path):
             integers = isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2 and all(
                 isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape + offsets)
             if dtype not in SAFETENSORS_DTYPES or not integers:
-                raise refuse(f"tensor {name!r} needs a dtype of {', '.join(SAFETENSORS_DTYPES)} (not {dtype!r}), "
-                             f"a shape and two data_offsets, all non-negative integers")
+                raise refuse(f"tensor {name!r} needs dtype F32/F16/BF16, shape and offsets as non-negative integers")
             begin, end = offsets
             if not begin <= end <= data_size:
                 raise refuse(f"tensor {name!r} has data_offsets {offsets} outside the {data_size:,} data bytes")
@@ -293,7 +283,6 @@ def read_safetensors(path):
             tensors[name] = raw.view(SAFETENSORS_DTYPES[header[name]["dtype"]]).reshape(header[name]["shape"])
     return tensors
 
-
 def write_safetensors(tensors, file):
     names = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
@@ -307,15 +296,12 @@ def write_safetensors(tensors, file):
     for tensor in tensors.values():
         file.write(tensor.reshape(-1).view(torch.uint8).numpy())
 
-
 # Hugging Face GPT-2 <-> this file. Same names up to a "transformer." prefix, with three differences:
 # 1. GPT-2 was written in TensorFlow with "Conv1D" layers that store a weight as (in, out); nn.Linear stores (out, in),
 #    so the four matrices of each block are transposed on the way in and on the way out.
 # 2. Old checkpoints also store the causal mask as buffers (attn.bias, attn.masked_bias); we build the mask ourselves.
 # 3. lm_head.weight is the same matrix as wte.weight (tied), stored once.
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-CAUSAL_MASK_BUFFERS = (".attn.bias", ".attn.masked_bias")
-
 
 def load_weights(model, state, source):
     """Copy a Hugging Face GPT-2 state dict into model, transposing the Conv1D weights; name every mismatch."""
@@ -325,7 +311,7 @@ def load_weights(model, state, source):
     mapped = {}
     for key, tensor in state.items():
         name = key.removeprefix("transformer.")
-        if not name.endswith(CAUSAL_MASK_BUFFERS) and name != "lm_head.weight":
+        if not name.endswith((".attn.bias", ".attn.masked_bias")) and name != "lm_head.weight":
             conv1d = name.endswith(CONV1D_WEIGHTS) and tensor.dim() == 2
             mapped["transformer." + name] = tensor.t() if conv1d else tensor  # Conv1D (in, out) -> nn.Linear (out, in)
     missing, unexpected = sorted(ours.keys() - mapped.keys()), sorted(mapped.keys() - ours.keys())
@@ -340,11 +326,9 @@ def load_weights(model, state, source):
     model.load_state_dict({name: t.float().contiguous() for name, t in mapped.items()}, strict=False, assign=True)
     model.lm_head.weight = model.transformer.wte.weight  # assign replaced wte's Parameter: tie the two again
 
-
 ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_fast": "gelu", "relu": "relu"}
 GPT2_ARCHITECTURE = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "add_cross_attention": False,
                      "reorder_and_upcast_attn": False, "tie_word_embeddings": True}  # the choices GPT-2 made
-
 
 def config_from_hf(hf, source):
     """GPTConfig from a config.json; sizes no GPT-2 has are refused before a crafted file has terabytes allocated."""
@@ -370,7 +354,6 @@ def config_from_hf(hf, source):
     return GPTConfig(vocab_size, n_positions, n_layer, n_head, n_embd, mlp_ratio=n_inner // n_embd,
                      layer_norm_epsilon=epsilon, activation=ACTIVATIONS[hf.get("activation_function", "gelu_new")])
 
-
 def config_to_hf(config):
     """The config.json that transformers' GPT2LMHeadModel.from_pretrained expects (its defaults left out)."""
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
@@ -378,7 +361,6 @@ def config_to_hf(config):
             "n_embd": config.n_embd, "n_inner": None if config.mlp_ratio == 4 else config.mlp_ratio * config.n_embd,
             "activation_function": "gelu_new" if config.activation == "gelu" else "relu",
             "layer_norm_epsilon": config.layer_norm_epsilon, **GPT2_ARCHITECTURE}
-
 
 def load_hf_folder(folder, dropout=0.0):
     """GPT from a Hugging Face GPT-2 folder: config.json and model.safetensors (or an older pytorch_model.bin)."""
@@ -396,7 +378,6 @@ def load_hf_folder(folder, dropout=0.0):
                  read_torch_file(weights, "prefer model.safetensors, or download the file again"), weights)
     return model
 
-
 # %% Data: verse cut into passages, tokenized, packed into windows
 # Documents (poems, songs, speeches) are separated by blank lines in the text, and by <|endoftext|> in the tokens, as
 # in GPT-2's own training data, so the model learns where a text ends.
@@ -410,14 +391,12 @@ def split_documents(text, max_lines=32):
                      for i in range(0, len(lines), max_lines)]
     return passages
 
-
 def encode_documents(passages, encoding):
     """Token ids: <|endoftext|> after a document's end, a newline where the next passage continues the document."""
     ids, newline = [], encoding.encode_ordinary("\n")
     for passage, ends_document in passages:
         ids += encoding.encode_ordinary(passage) + ([encoding.eot_token] if ends_document else newline)
     return np.array(ids, dtype=np.int64)
-
 
 def split_passages(passages, val_fraction, seed):
     """A seeded (train, validation) split, each in reading order. A validation passage also in training (a chorus sung
@@ -432,7 +411,6 @@ def split_passages(passages, val_fraction, seed):
                          "one in the training split): give more varied text, with blank lines between poems")
     return [[(passages[i][0], passages[i][1] or i + 1 not in chosen) for i in ids]
             for ids, chosen in ((train_ids, set(train_ids)), (val_ids, set(val_ids)))]
-
 
 def read_token_folder(folder, encoding):
     """train.bin, val.bin (np.memmap: ids stay on disk until a window needs them) and the val documents for BLEU."""
@@ -452,14 +430,11 @@ def read_token_folder(folder, encoding):
         ends = np.append(ends, len(val))
     return train, val, [encoding.decode(val[start + 1:end].tolist()) for start, end in zip([-1, *ends[:199]], ends)]
 
-
 def load_corpus(config, encoding):
     """(train ids, validation ids, validation documents, source) from --data_dir, --input or Tiny Shakespeare."""
     if config.data_dir:
         (train, val, val_documents), source = read_token_folder(Path(config.data_dir), encoding), config.data_dir
     else:
-        if config.input and not (Path(config.input).is_file() or any(Path(config.input).rglob("*.txt"))):
-            raise SystemExit(f"error: --input {config.input} is neither a .txt file nor a folder of .txt files")
         # Text files as prepare_data.py reads them (UTF-8, a warning for bytes that are not), or the shipped text.
         shipped = prepare_data.SHAKESPEARE["shipped"]  # a script pasted alone downloads it instead
         documents, source, _ = prepare_data.read_documents(Path(config.input), prepare_data.Config("custom")) \
@@ -477,7 +452,6 @@ def load_corpus(config, encoding):
                              f"{config.block_size}: give more text or a smaller --block_size")
     return train, val, val_documents, source
 
-
 class TokenWindows(Dataset):
     """Consecutive windows of block_size + 1 tokens (neighbours share one): x, and y shifted by one, so every token is
     a target once. A DataLoader batches them (RandomSampler to train, SequentialSampler to evaluate)."""
@@ -492,7 +466,6 @@ class TokenWindows(Dataset):
         window = torch.from_numpy(np.asarray(self.tokens[i * self.block_size:(i + 1) * self.block_size + 1], np.int64))
         return window[:-1], window[1:]
 
-
 # %% Fine-tuning: the loop that trains GPT-2 from scratch, started from its weights, with a small learning rate
 def learning_rate_at(step, total_steps, config):
     """Linear warmup, then linear decay towards 0 at step total_steps (as Hugging Face's linear schedule). Steps count
@@ -501,16 +474,13 @@ def learning_rate_at(step, total_steps, config):
         return config.learning_rate * (step + 1) / config.warmup_steps
     return config.learning_rate * max(0.0, (total_steps - step) / max(1, total_steps - config.warmup_steps))
 
-
 def make_optimizer(model, config, device):
     """AdamW (Loshchilov & Hutter 2019) with weight decay on matrices only, never on biases and LayerNorm gains."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in trainable if p.dim() >= 2], "weight_decay": config.weight_decay},
               {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0}]
     # fused: one pass over memory updates each parameter, instead of a pass per arithmetic operation (on CPU too).
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8,
-                             fused=device.type in ("cuda", "cpu"))
-
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.999), fused=device.type in ("cuda", "cpu"))
 
 def finetune(model, train_tokens, val_tokens, config, device, autocast, scaler, checkpoint=None, log=print,
              on_sample=None, rank=0, world_size=1):
@@ -609,14 +579,12 @@ def finetune(model, train_tokens, val_tokens, config, device, autocast, scaler, 
     raw_model.eval()
     return step, round(step / steps_per_epoch, 2)
 
-
 # %% Generation: logits processors, then a greedy or sampled choice, with a KV cache
 def apply_repetition_penalty(logits, context, penalty):
     """CTRL (Keskar et al. 2019, sec. 4.1) divides the score of a token already in the context by penalty; as in
     Hugging Face's version, a negative score is multiplied instead, so that with penalty > 1 it always drops."""
     seen = torch.gather(logits, 1, context)
     return logits.scatter(1, context, torch.where(seen < 0, seen * penalty, seen / penalty))
-
 
 def ban_repeated_ngrams(logits, context, n):
     """Forbid every token that would complete an n-gram already in the context (Paulus et al. 2017)."""
@@ -627,11 +595,9 @@ def ban_repeated_ngrams(logits, context, n):
         logits[row, banned] = -math.inf
     return logits
 
-
 def keep_top_k(logits, k):
     """Only the k highest scores stay candidates (Fan et al. 2018); the rest get probability 0."""
     return logits.masked_fill(logits < torch.topk(logits, min(k, logits.size(-1))).values[:, [-1]], -math.inf)
-
 
 def keep_top_p(logits, p):
     """Nucleus sampling (Holtzman et al. 2019): keep the smallest set of tokens whose probability reaches p."""
@@ -639,7 +605,6 @@ def keep_top_p(logits, p):
     sorted_probs = F.softmax(sorted_logits, dim=-1)
     outside = sorted_probs.cumsum(dim=-1) - sorted_probs >= p  # the tokens before this one already reach p
     return logits.scatter(1, sorted_ids, sorted_logits.masked_fill(outside, -math.inf))
-
 
 def choose_next_token(logits, context, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0,
                       no_repeat_ngram_size=0, generator=None):
@@ -657,7 +622,6 @@ def choose_next_token(logits, context, temperature=1.0, top_k=0, top_p=1.0, repe
         logits = keep_top_p(logits, top_p)
     return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
 
-
 @torch.inference_mode()  # no_grad, and also no version counters or view tracking: a little less work per operation
 def generate(model, idx, max_new_tokens, eot_id=None, use_cache=True, generator=None, **decoding):
     """Append up to max_new_tokens tokens to idx (B, T), padding rows that produced eot_id. With the KV cache only the
@@ -671,8 +635,7 @@ def generate(model, idx, max_new_tokens, eot_id=None, use_cache=True, generator=
             window_start, past_kv = idx.size(1) - max(1, block_size // 2), None
         logits, _, past_kv = model(idx[:, window_start:] if past_kv is None else idx[:, -1:], past_kv=past_kv)
         past_kv = past_kv if use_cache else None
-        # Only the last position's logits choose the next token.
-        next_token = choose_next_token(logits[:, -1, :].float(), idx, generator=generator, **decoding)
+        next_token = choose_next_token(logits[:, -1, :].float(), idx, generator=generator, **decoding)  # last position
         if eot_id is not None:
             next_token = next_token.masked_fill(finished, eot_id)
             finished |= next_token == eot_id
@@ -681,7 +644,6 @@ def generate(model, idx, max_new_tokens, eot_id=None, use_cache=True, generator=
             break
     return idx
 
-
 def sample_texts(model, encoding, prompt, config, device, seed):
     """num_return_sequences continuations of prompt, cut at <|endoftext|> (one for greedy decoding: all the same)."""
     prompt_ids = encoding.encode(prompt, allowed_special={prepare_data.EOT}) or [encoding.eot_token]
@@ -689,10 +651,7 @@ def sample_texts(model, encoding, prompt, config, device, seed):
     out = generate(model, idx, config.max_new_tokens, encoding.eot_token, top_k=config.top_k, top_p=config.top_p,
                    temperature=config.temperature, generator=torch.Generator(device=device).manual_seed(seed),
                    repetition_penalty=config.repetition_penalty, no_repeat_ngram_size=config.no_repeat_ngram_size)
-    rows = [row[:row.index(encoding.eot_token)] if encoding.eot_token in row else row
-            for row in out[:, len(prompt_ids):].tolist()]
-    return [prompt + encoding.decode(row) for row in rows]
-
+    return [prompt + encoding.decode(row).split(prepare_data.EOT)[0] for row in out[:, len(prompt_ids):].tolist()]
 
 # %% Evaluation: perplexity, BLEU and distinct-n
 @torch.no_grad()
@@ -703,15 +662,12 @@ def evaluate_loss(model, tokens, config, device, autocast):
     loader = DataLoader(windows, config.batch_size, sampler=SequentialSampler(windows), generator=torch.Generator())
     was_training, total_loss, total_tokens = model.training, 0.0, 0
     model.eval()
-    for i, (x, y) in enumerate(loader):
-        if config.eval_batches and i >= config.eval_batches:
-            break
+    for x, y in itertools.islice(loader, config.eval_batches or None):  # None: every batch
         with autocast:
             _, loss, _ = model(x.to(device), y.to(device))
         total_loss, total_tokens = total_loss + loss.item() * y.numel(), total_tokens + y.numel()
     model.train(was_training)
     return total_loss / total_tokens
-
 
 def tokenize_13a(line):
     """sacrebleu's default (WMT's mteval-v13a.pl): split off symbols, and periods and commas unless between digits."""
@@ -722,10 +678,8 @@ def tokenize_13a(line):
     line = re.sub(r"([\.,])([^0-9])", r" \1 \2", line)
     return re.sub(r"([0-9])(-)", r"\1 \2 ", line).split()
 
-
 def ngram_counts(words, n):
     return Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
-
 
 def corpus_bleu(hypotheses, references, max_order=4):
     """Corpus BLEU in 0..100 (Papineni et al. 2002) as sacrebleu's default: 13a tokens, clipped n-gram precisions summed
@@ -748,13 +702,11 @@ def corpus_bleu(hypotheses, references, max_order=4):
     # Brevity penalty: precision alone would reward saying little, so a corpus shorter than the references pays.
     return math.exp(min(0.0, 1 - reference_length / hypothesis_length)) * math.exp(sum(log_precisions) / max_order)
 
-
 def distinct_n(texts, n):
     """Distinct n-grams divided by all n-grams over the texts (Li et al. 2016 divide by the tokens instead; dividing
     by the n-grams makes 1.0, never repeating itself, the top for every n)."""
     grams = [gram for text in texts for gram in ngram_counts(tokenize_13a(text), n).elements()]
-    return len(set(grams)) / len(grams) if grams else math.nan  # no n-grams at all: nothing to measure, not 0
-
+    return len(set(grams)) / len(grams) if grams else None  # no n-grams at all: nothing to measure, not 0
 
 def bleu_passages(documents, config):
     """(prompt, reference) pairs: bleu_prompt_lines lines of a held-out document, then the next lines. Every
@@ -765,26 +717,21 @@ def bleu_passages(documents, config):
                 for lines in documents if len(lines) >= start + needed]
     return [("\n".join(passage[:k]) + "\n", "\n".join(passage[k:])) for passage in passages[:config.bleu_samples]]
 
-
 def measure(model, encoding, val_tokens, pairs, config, device, autocast):
     """Validation loss and perplexity; BLEU of greedy continuations against the real next lines, and their distinct-1/2
     (None: nothing to measure). --repetition_penalty and --no_repeat_ngram_size apply: the scores show your decoding."""
     val_loss = evaluate_loss(model, val_tokens, config, device, autocast)
     scores = {"val_loss": val_loss, "val_ppl": math.exp(val_loss), "bleu": None, "distinct_1": None, "distinct_2": None}
     hypotheses = []
-    for prompt, reference in pairs:
-        prompt_ids = encoding.encode_ordinary(prompt)[-(model.config.block_size // 2):]
-        out = generate(model, torch.tensor([prompt_ids], device=device), len(encoding.encode_ordinary(reference)) + 8,
-                       encoding.eot_token, temperature=0.0, repetition_penalty=config.repetition_penalty,
-                       no_repeat_ngram_size=config.no_repeat_ngram_size)
-        text = encoding.decode([t for t in out[0, len(prompt_ids):].tolist() if t != encoding.eot_token])
+    for prompt, reference in pairs:  # greedy, a few tokens longer than the reference
+        new_tokens = len(encoding.encode_ordinary(reference)) + 8
+        greedy = dataclasses.replace(config, temperature=0.0, max_new_tokens=new_tokens)
+        text = sample_texts(model, encoding, prompt, greedy, device, seed=0)[0][len(prompt):]
         hypotheses.append("\n".join(text.strip("\n").split("\n")[:config.bleu_reference_lines]))
     if pairs:
         scores["bleu"] = corpus_bleu(hypotheses, [reference for _, reference in pairs])
-        scores |= {f"distinct_{n}": None if math.isnan(distinct_n(hypotheses, n)) else distinct_n(hypotheses, n)
-                   for n in (1, 2)}
+        scores |= {f"distinct_{n}": distinct_n(hypotheses, n) for n in (1, 2)}
     return scores
-
 
 # %% Saving a folder that transformers and the Hugging Face Hub read as is
 # GPT-2's tokenizer is the two files tiktoken downloaded and cached: encoder.json (token -> id) and vocab.bpe (the
@@ -792,7 +739,6 @@ def measure(model, encoding, val_tokens, pairs, config, device, autocast):
 TOKENIZER_FILES = {"vocab.json": "encoder.json", "merges.txt": "vocab.bpe"}
 TOKENIZER_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
 HF_FILES = {"config.json", "model.safetensors", "tokenizer_config.json", "README.md", *TOKENIZER_FILES}
-
 
 def save_hf_folder(model, folder, card=""):
     """config.json, model.safetensors, the tokenizer files and README.md (the model card), built in a temporary folder
@@ -824,7 +770,6 @@ def save_hf_folder(model, folder, card=""):
     shutil.rmtree(old, ignore_errors=True)
     print(f"saved a Hugging Face folder in {folder}")
 
-
 # %% Plumbing: files, downloads, checkpoints, the model card, the loss picture, command line (skip on a first read)
 def write_atomically(path, write):
     """write(file) into a new, uniquely named temporary file beside path, then renamed to path: never half a file."""
@@ -838,17 +783,14 @@ def write_atomically(path, write):
         Path(temporary).unlink(missing_ok=True)
         raise
 
-
 class Redirects(urllib.request.HTTPRedirectHandler):
     sha256 = None  # redirects, never from https to http; the Hub's X-Linked-Etag (a large file's sha256) is kept
-
     def redirect_request(self, request, file, code, message, headers, new_url):
         if request.full_url.startswith("https:") and not new_url.startswith("https:"):
             raise urllib.error.URLError(f"refused a redirect from https to {new_url}")
         etag = (headers.get("X-Linked-Etag") or "").strip('"')
         self.sha256 = self.sha256 or (etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None)
         return super().redirect_request(request, file, code, message, headers, new_url)
-
 
 def download(url, path):
     """url into path, once: a .part file takes the name when its length and its sha256 (where published) match."""
@@ -876,13 +818,11 @@ def download(url, path):
                                   f"or pass a local Hugging Face folder with --init_from DIR") from None
     return path
 
-
 # The five checkpoints OpenAI and Hugging Face published, under their current Hub names: gpt2 (124M parameters),
 # gpt2-medium (355M), gpt2-large (774M), gpt2-xl (1.5B), distilgpt2 (82M: 6 layers distilled from gpt2, Sanh et al.).
 HUB_MODELS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")} | \
     {"distilgpt2": "distilbert/distilgpt2"}
 CHECKPOINT_FORMAT = "nanoverse-finetune-gpt2-v2"  # ckpt.pt of another version or script is refused
-
 
 def read_torch_file(path, what_to_do):
     try:  # weights_only: a pickle that would build anything but tensors and plain data is refused, never run
@@ -890,7 +830,6 @@ def read_torch_file(path, what_to_do):
     except Exception as error:  # torch's own message suggests weights_only=False, which would run the file: not here
         raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint ({type(error).__name__}): it is "
                               f"truncated, damaged or no checkpoint at all; {what_to_do}") from None
-
 
 def comparison_table(before, after, columns, config, pairs):
     """The before/after table in markdown; a cell with nothing to measure points to a footnote that says why."""
@@ -906,7 +845,6 @@ def comparison_table(before, after, columns, config, pairs):
     return "\n".join(f"| {' | '.join(row)} |" for row in rows[:1] + [["---"] * 3] + rows[1:]) + \
         "".join(f"\n[{i}] {why}" for i, why in enumerate(footnotes, 1))
 
-
 def model_card(model, config, steps, epochs=0, table=""):
     hub_id, base = HUB_MODELS.get(config.init_from), Path(config.init_from).name  # a local path may be private
     data = f"`{Path(config.input or config.data_dir).name}`" if config.input or config.data_dir else "Tiny Shakespeare"
@@ -919,7 +857,6 @@ def model_card(model, config, steps, epochs=0, table=""):
             f"nanoverse's `finetune_gpt2.py`; `transformers.pipeline(\"text-generation\", model=...)` loads it.\n\n"
             f"{training}\nGPT-2's weights come under OpenAI's modified MIT license. Song lyrics and most modern poems "
             f"are copyrighted: publish a model trained on them only where their license allows it.\n")
-
 
 def plot_losses(log_path, png_path):
     """Training and validation loss (step 0: before fine-tuning) from log.jsonl: a resumed run shows the whole run."""
@@ -934,7 +871,6 @@ def plot_losses(log_path, png_path):
     ax.legend()
     fig.tight_layout()
     write_atomically(png_path, lambda file: fig.savefig(file, dpi=120, format="png"))
-
 
 def check_config(config, saved=None):
     """Every mistake that can be named before any text or model is read (saved: the settings of a resumed run)."""
@@ -961,6 +897,7 @@ def check_config(config, saved=None):
         (int(os.environ.get("WORLD_SIZE", 1)) > 1 and config.mode != "finetune",
          f"--mode {config.mode} runs in one process: start it with python, not torchrun"),
         (config.input and config.data_dir, "pass --input (text files) or --data_dir (token files), not both"),
+        (config.input and not Path(config.input).exists(), f"--input {config.input}: there is no such file or folder"),
         (config.prompt.startswith("FILE:") and not Path(config.prompt[5:]).is_file(),
          f"--prompt {config.prompt}: there is no file {config.prompt[5:]}"),
         (saved and config.freeze_layers != saved["freeze_layers"],  # the optimizer's moments fit only those weights
@@ -974,7 +911,6 @@ def check_config(config, saved=None):
         problems += [f"{flag} {folder}: {existing} is a file, not a folder"] if existing and existing.is_file() else []
     if problems:
         raise SystemExit(f"error: {problems[0]}")
-
 
 def parse_config(argv):
     """Config from flags spelled as its fields (help: each field's comment), and the dict of the flags typed."""
@@ -996,7 +932,6 @@ def parse_config(argv):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}" + (f": did you mean {close[0]}?" if close else ""))
     return Config(**vars(typed)), vars(typed)
 
-
 def main(argv=None):
     if argv is None:  # in a notebook, sys.argv holds the kernel's own flags: run with the defaults
         argv = [] if "ipykernel" in sys.modules else sys.argv[1:]
@@ -1007,7 +942,6 @@ def main(argv=None):
         raise SystemExit(f"error: {error}") from None
     except KeyboardInterrupt:
         raise SystemExit("interrupted") from None
-
 
 def run(config, typed):
     world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))  # set by torchrun
@@ -1110,7 +1044,6 @@ def run(config, typed):
             save_hf_folder(model, config.save_hf, model_card(model, config, step, epochs, table))
     if world_size > 1:
         torch.distributed.destroy_process_group()
-
 
 # %% Run
 if __name__ == "__main__":

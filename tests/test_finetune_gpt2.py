@@ -283,7 +283,7 @@ def test_distinct_n():
     assert ft.distinct_n(["a b a b"], 1) == pytest.approx(2 / 4)
     assert ft.distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
     assert ft.distinct_n(["a b", "c d"], 2) == 1.0
-    assert math.isnan(ft.distinct_n(["", "one"], 2))  # no bigram anywhere: nothing to measure, not "all repeats"
+    assert ft.distinct_n(["", "one"], 2) is None  # no bigram anywhere: nothing to measure, not "all repeats"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -675,7 +675,8 @@ def test_mistakes_are_refused_before_any_work(small_run, tmp_path, capsys):
     (tmp_path / "chars").mkdir()
     (tmp_path / "chars" / "meta.json").write_text(json.dumps({"format": "nanoverse-tokens-v1", "tokenizer": "char"}))
     cases = [
-        (["--input", str(tmp_path / "no_text")], "is neither a .txt file nor a folder of .txt files"),
+        (["--input", str(tmp_path / "no_text")], "no_text holds no .txt, .json"),
+        (["--input", str(tmp_path / "missing.txt")], "missing.txt: there is no such file or folder"),
         (["--input", str(tmp_path / "empty.txt")], "no passage is left to validate on (the text is empty"),
         (["--input", str(same)], "every passage of it repeats one in the training split"),
         (["--input", "", "--data_dir", str(tmp_path / "missing")], "is not a complete prepare_data.py folder"),
