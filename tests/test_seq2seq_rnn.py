@@ -479,6 +479,37 @@ def test_checkpoints_keep_the_cuda_generators_when_there_is_a_gpu(tmp_path, monk
     assert len(restored) == 1 and torch.equal(restored[0][0], states[0])
 
 
+def test_plateau_halves_the_rate_and_patience_stops_the_run(tmp_path, monkeypatch, capsys):
+    reversal_data(tmp_path / "data", train_size=64, dev_size=8)
+    dev_accuracies = iter([0.1, 0.3, 0.2, 0.3, 0.9])  # better, better, worse, equal (not better), never reached
+    real_metrics = s2s.transliteration_metrics
+
+    def scripted_metrics(pairs, outputs):  # each epoch's dev pass gets the next accuracy; the final search the real one
+        metrics = real_metrics(pairs, outputs)
+        return metrics | {"word_accuracy": next(dev_accuracies, metrics["word_accuracy"])}
+
+    monkeypatch.setattr(s2s, "transliteration_metrics", scripted_metrics)
+    s2s.main(run_options(tmp_path, "out", "--epochs", "50", "--patience", "2", "--learning_rate", "0.004",
+                         "--lr_decay", "0.25"))
+    log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert [record["dev_accuracy"] for record in log] == [0.1, 0.3, 0.2, 0.3]  # two epochs without a better one
+    assert [record["lr"] for record in log] == pytest.approx([0.004, 0.004, 0.004, 0.001])  # x0.25 after epoch 3
+    assert "early stop: no better dev accuracy in 2 epochs" in capsys.readouterr().out
+    best = torch.load(tmp_path / "out" / "best.pt", weights_only=True)["progress"]
+    assert best["best_dev_accuracy"] == 0.3 and best["epoch"] == 2  # the first epoch that reached 0.3
+
+
+def test_native2roman_reads_the_native_column(tmp_path, capsys):
+    reversal_data(tmp_path / "data", train_size=64, dev_size=8)  # native: the word reversed in capitals
+    s2s.main(run_options(tmp_path, "out", "--epochs", "1", "--direction", "native2roman"))
+    vocabularies = torch.load(tmp_path / "out" / "best.pt", weights_only=True)["vocabularies"]
+    assert set("".join(vocabularies["source"][len(s2s.SPECIAL_TOKENS):])) <= set("ABCDEF")
+    assert set("".join(vocabularies["target"][len(s2s.SPECIAL_TOKENS):])) <= set("abcdef")
+    with pytest.raises(SystemExit, match="trained with --direction native2roman, not roman2native"):
+        s2s.main(["--translit", "abc", "--checkpoint", str(tmp_path / "out" / "best.pt"), "--direction",
+                  "roman2native"])
+
+
 def test_the_time_budget_counts_the_whole_run(tmp_path, monkeypatch, capsys):
     """--max_minutes stops training early enough that the whole run, the dev passes and the final beam search
     included, ends within it; the last dev pass still scores what was trained. On a clock that moves one second each
