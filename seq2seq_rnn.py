@@ -56,7 +56,7 @@ class Config:
     bidirectional: bool = True  # the encoder reads the word both ways
     dropout: float = 0.2  # dropout on embeddings, between layers and before the output layer
     attention: typing.Literal["none", "dot", "additive"] = "dot"  # dot: Luong's; additive: Bahdanau's
-    input_feeding: bool = False  # each decoder step also reads the previous step's attentional state (needs attention)
+    input_feeding: bool = True  # each decoder step also reads the previous step's attentional state (with attention)
     # training
     epochs: int = 40  # most passes over the training split
     batch_size: int = 64  # words per step
@@ -211,10 +211,10 @@ class Decoder(nn.Module):
     def __init__(self, config, vocab_size):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, config.embedding_size, padding_idx=PAD)
-        self.input_feeding = config.input_feeding
-        rnn_input_size = config.embedding_size + (config.hidden_size if config.input_feeding else 0)
-        self.rnn = make_rnn(config.cell, rnn_input_size, config.hidden_size, config.decoder_layers, config.dropout)
         self.attention = Attention(config.attention, config.hidden_size) if config.attention != "none" else None
+        self.input_feeding = config.input_feeding and self.attention is not None  # it feeds attention's result back
+        rnn_input_size = config.embedding_size + (config.hidden_size if self.input_feeding else 0)
+        self.rnn = make_rnn(config.cell, rnn_input_size, config.hidden_size, config.decoder_layers, config.dropout)
         # Luong eq. 5: the attentional hidden state tanh(W_c [context; h_t]) feeds the output layer.
         self.combine = nn.Linear(2 * config.hidden_size, config.hidden_size) if self.attention else None
         self.dropout = nn.Dropout(config.dropout)
@@ -267,7 +267,7 @@ class Seq2Seq(nn.Module):
         memory_mask = torch.arange(source.size(1), device=source.device)[None, :] < source_lengths[:, None]
         keys = self.decoder.attention.keys(memory) if self.decoder.attention is not None else None
         state = self.bridge(final_state)
-        if self.config.input_feeding:  # before the first step there is no attentional state yet: zeros
+        if self.decoder.input_feeding:  # before the first step there is no attentional state yet: zeros
             state = (state, memory.new_zeros(1, source.size(0), self.config.hidden_size))
         return (memory, keys, memory_mask), state
 
@@ -642,7 +642,7 @@ def check_config(config, given):
     problems += [f"--{name} must be below 1" for name in ("dropout", "label_smoothing", "average_decay") if
                  values[name] >= 1] + [f"--{name} must be at most 1" for name in ("lr_decay", "teacher_forcing") if
                                        values[name] > 1]
-    if config.input_feeding and config.attention == "none":
+    if config.attention == "none" and given.get("input_feeding"):  # asked for; by default it goes with attention only
         problems.append("--input_feeding feeds the attentional state back, so it needs --attention dot or additive")
     if ("translit" in given and not config.translit.split() or "evaluate" in given and not config.evaluate.strip()
             or config.translit and config.evaluate):

@@ -109,6 +109,13 @@ def test_input_feeding_runs_forward_and_backward(cell, attention):
     assert model.decoder.rnn.input_size == config.embedding_size + config.hidden_size
 
 
+def test_input_feeding_is_on_by_default_with_attention_and_off_without_it():
+    vocabularies = tiny_vocabularies()
+    assert s2s.Seq2Seq(tiny_config(), vocabularies).decoder.input_feeding
+    plain = s2s.Seq2Seq(tiny_config(attention="none"), vocabularies).decoder
+    assert not plain.input_feeding and plain.rnn.input_size == tiny_config().embedding_size  # nothing to feed back
+
+
 def test_input_feeding_reads_the_previous_attentional_state():
     """Changing only the attentional state fed in at the start changes the first step's output; the state carried
     forward is that step's own attentional state, which the next step reads."""
