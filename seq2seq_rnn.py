@@ -9,7 +9,7 @@ https://arxiv.org/abs/1409.0473; Luong et al. 2015 (dot attention, input feeding
 
 Run:
   python prepare_data.py dakshina --lang hi   # once: data/dakshina/hi/
-  python seq2seq_rnn.py --max_minutes 20      # CPU: stops early within 20 minutes, ~47.5% dev word accuracy (beam 5)
+  python seq2seq_rnn.py --max_minutes 20      # CPU: 20 minutes on 2 cores, ~48% dev word accuracy (beam 5)
   python seq2seq_rnn.py --device cuda         # GPU; Colab: paste this file into a cell, or !python seq2seq_rnn.py
   python seq2seq_rnn.py --translit "namaste duniya" --checkpoint out-seq2seq-rnn/best.pt
   python seq2seq_rnn.py --evaluate dev --checkpoint out-seq2seq-rnn/best.pt   # or test, or any lexicon .tsv file
