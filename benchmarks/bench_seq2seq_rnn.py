@@ -5,8 +5,8 @@ Each named run is `python seq2seq_rnn.py --cell C --attention A --no-input_feedi
 --out_dir ...` in a subprocess (lstm+dot+feed: the script's default model, input feeding on); the wall time counts the
 whole process. Dakshina's test split is not used: dev picks the checkpoint and dev is reported. Results go to one JSON
 file per run, so runs can be split over several invocations (the CPU is shared; run it under the benchmark lock);
---table prints every run found so far. --side_by_side 2 runs two commands at
-a time with one thread each (OMP_NUM_THREADS=1, set here, not in the script), one per core of a 2-core machine.
+--table prints every run found so far. --side_by_side 2 runs two commands at a time with one thread each
+(OMP_NUM_THREADS=1, set here, not in the script), one per core of a 2-core machine.
 
 Run:
   flock /tmp/nanoverse-bench.lock python benchmarks/bench_seq2seq_rnn.py --runs lstm+dot+feed --minutes 20
